@@ -1,1 +1,40 @@
-"""cloud_stubs package."""
+"""cloud_stubs: a local, wire-exact stand-in for AWS IoT Core's device side.
+
+Public API::
+
+    from cloud_stubs import LocalIoTCore
+    async with LocalIoTCore("state", broker="auto") as core:
+        identity = core.create_thing("robot-1")
+"""
+
+from __future__ import annotations
+
+from cloud_stubs._core import EndpointInfo, LocalIoTCore
+from cloud_stubs._errors import (
+    BrokerError,
+    CloudStubError,
+    NotFoundError,
+    RegistryError,
+    StateDirError,
+)
+from cloud_stubs._paths import StatePaths
+from cloud_stubs._policy import DEFAULT_DATA_PREFIXES
+from cloud_stubs._registry import CertRecord, CertStatus, Registry, ThingRecord
+from cloud_stubs._state import ThingIdentity
+
+__all__ = [
+    "DEFAULT_DATA_PREFIXES",
+    "BrokerError",
+    "CertRecord",
+    "CertStatus",
+    "CloudStubError",
+    "EndpointInfo",
+    "LocalIoTCore",
+    "NotFoundError",
+    "Registry",
+    "RegistryError",
+    "StateDirError",
+    "StatePaths",
+    "ThingIdentity",
+    "ThingRecord",
+]
