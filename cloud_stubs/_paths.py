@@ -18,6 +18,7 @@ two stubs with different directories never interfere::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class StatePaths:
     root: Path
 
     @classmethod
-    def at(cls, root: Path | str) -> StatePaths:
+    def at(cls, root: os.PathLike[str] | str) -> StatePaths:
         """Return the layout rooted at ``root`` (made absolute, not created)."""
         return cls(Path(root).expanduser().resolve())
 

@@ -1,0 +1,370 @@
+"""``cloud-stubs``: run and administer the local IoT Core.
+
+Every subcommand takes ``--state-dir DIR`` (default ``$CLOUD_STUBS_STATE_DIR`` or ``./.iot-state``)
+and most take ``--json`` for machine-readable output. Errors are one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from certs import CertsError
+from cloud_stubs._core import LocalIoTCore
+from cloud_stubs._demo import run_demo
+from cloud_stubs._errors import CloudStubError
+from cloud_stubs._paths import StatePaths
+from cloud_stubs._registry import CertStatus, Registry
+from cloud_stubs._state import ensure_state, issue_thing, issue_things, load_ca
+from cloud_stubs.broker import BrokerKind
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="cloud-stubs",
+    help="Local, wire-exact stand-in for AWS IoT Core's device side.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+thing_app = typer.Typer(help="Register things and issue their certificates.", no_args_is_help=True)
+cert_app = typer.Typer(
+    help="Activate, deactivate, revoke and list certificates.", no_args_is_help=True
+)
+group_app = typer.Typer(help="Static thing groups.", no_args_is_help=True)
+app.add_typer(thing_app, name="thing")
+app.add_typer(cert_app, name="cert")
+app.add_typer(group_app, name="thing-group")
+
+_err = Console(stderr=True, highlight=False)
+_out = Console(highlight=False)
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        envvar="CLOUD_STUBS_STATE_DIR",
+        help="Directory holding the stub's CA, registry and identities.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DEFAULT_STATE = Path(".iot-state")
+
+
+def _fail(message: str) -> NoReturn:
+    _err.print(f"cloud-stubs: error: {message}", markup=False)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (CloudStubError, CertsError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        human()
+
+
+def _registry(state_dir: Path) -> Registry:
+    paths = StatePaths.at(state_dir)
+    if not paths.ca_cert.exists():
+        return ensure_state(paths)
+    return Registry(paths)
+
+
+def _endpoint_fields(state_dir: Path) -> dict[str, Any]:
+    """Host/port from endpoint.json when the stub is running."""
+    paths = StatePaths.at(state_dir)
+    try:
+        ep = json.loads(paths.endpoint_file.read_text())
+    except (OSError, ValueError):
+        return {"host": None, "port": None}
+    return {"host": ep.get("host"), "port": ep.get("port")}
+
+
+# -- up / init / demo ---------------------------------------------------------------------
+
+
+@app.command()
+def init(state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """Create the state directory (CA, server and service identities) without starting."""
+    with _errors():
+        reg = ensure_state(StatePaths.at(state_dir))
+        reg.close()
+    paths = StatePaths.at(state_dir)
+    data = {"state_dir": str(paths.root), "ca_file": str(paths.ca_cert)}
+    _emit(as_json, data, lambda: _out.print(f"state directory ready: {paths.root}"))
+
+
+@app.command()
+def up(
+    state_dir: StateDir = DEFAULT_STATE,
+    port: Annotated[
+        int, typer.Option(help="TLS port; 0 picks a free one.", min=0, max=65535)
+    ] = 8883,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    broker: Annotated[str, typer.Option(help="auto | mosquitto | embedded")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the local IoT Core until SIGINT/SIGTERM; writes DIR/endpoint.json when ready."""
+    if broker not in ("auto", "mosquitto", "embedded"):
+        _fail(f"--broker {broker!r}: choose auto, mosquitto or embedded")
+    kind: BrokerKind = broker  # type: ignore[assignment]
+    with _errors():
+        asyncio.run(_serve(state_dir, host, port, kind, as_json))
+
+
+async def _serve(state_dir: Path, host: str, port: int, kind: BrokerKind, as_json: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with LocalIoTCore(state_dir, broker=kind, host=host, port=port) as core:
+        data = core.endpoint.to_dict()
+        if as_json:
+            sys.stdout.write(json.dumps(data) + "\n")
+            sys.stdout.flush()
+        else:
+            _out.print(
+                f"[bold green]local IoT Core ready[/] on {data['host']}:{data['port']} "
+                f"(broker: {data['broker']})\n  CA file:   {data['ca_file']}\n"
+                f"  endpoint:  {core.paths.endpoint_file}\n  stop with Ctrl-C"
+            )
+        await stop.wait()
+    if not as_json:
+        _out.print("stopped")
+
+
+@app.command()
+def demo(
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="State directory for the demo stub.")
+    ] = Path(".demo-state"),
+    count: Annotated[
+        int, typer.Option(help="Telemetry messages to send.", min=1, max=100_000)
+    ] = 10,
+    broker: Annotated[str, typer.Option(help="auto | mosquitto | embedded")] = "auto",
+) -> None:
+    """Start the local IoT Core, connect a device with its own certificate, send telemetry."""
+    if broker not in ("auto", "mosquitto", "embedded"):
+        _fail(f"--broker {broker!r}: choose auto, mosquitto or embedded")
+    with _errors():
+        ok = asyncio.run(run_demo(state_dir, count=count, broker=broker, console=_out))  # type: ignore[arg-type]
+    if not ok:
+        raise typer.Exit(1)
+
+
+# -- things -------------------------------------------------------------------------------
+
+
+@thing_app.command("create")
+def thing_create(name: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """Register a thing and issue its certificate and key (files under DIR/things/NAME)."""
+    with _errors():
+        reg = _registry(state_dir)
+        ident = issue_thing(reg, load_ca(reg.paths), name)
+        reg.close()
+    data = {**ident.to_dict(), **_endpoint_fields(state_dir)}
+    _emit(as_json, data, lambda: _print_kv(data))
+
+
+@thing_app.command("create-many")
+def thing_create_many(
+    prefix: Annotated[str, typer.Option(help="Name prefix, e.g. robot-")],
+    count: Annotated[int, typer.Option(help="How many things.", min=1, max=100_000)],
+    start: Annotated[int, typer.Option(help="First number.", min=0)] = 1,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register COUNT things named PREFIX<n> with fresh certificates (for the simulator)."""
+    names = [f"{prefix}{i}" for i in range(start, start + count)]
+    with _errors():
+        reg = _registry(state_dir)
+        ca = load_ca(reg.paths)
+        if as_json:
+            idents = issue_things(reg, ca, names)
+        else:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=_err,
+            ) as bar:
+                task = bar.add_task("issuing certificates", total=len(names))
+                idents = issue_things(reg, ca, names, progress=lambda n: bar.advance(task, n))
+        reg.close()
+    data = {
+        "count": len(idents),
+        "first": idents[0].thing_name,
+        "last": idents[-1].thing_name,
+        "things_dir": str(StatePaths.at(state_dir).root / "things"),
+        "ca_file": str(StatePaths.at(state_dir).ca_cert),
+    }
+    _emit(
+        as_json,
+        data,
+        lambda: _out.print(
+            f"created {len(idents)} things {data['first']} .. {data['last']}"
+            f" in {data['things_dir']}"
+        ),
+    )
+
+
+@thing_app.command("list")
+def thing_list(
+    state_dir: StateDir = DEFAULT_STATE,
+    prefix: Annotated[str, typer.Option(help="Only names starting with this.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """List registered things."""
+    with _errors():
+        reg = _registry(state_dir)
+        things = reg.list_things(prefix=prefix)
+        data = []
+        for t in things:
+            certs = reg.certificates_for(t.name)
+            data.append({**t.to_dict(), "certificates": [c.to_dict() for c in certs]})
+        reg.close()
+
+    def human() -> None:
+        table = Table("thing", "certificates (id: status)", "created")
+        for d in data:
+            cs = ", ".join(f"{c['certificate_id'][:12]}: {c['status']}" for c in d["certificates"])
+            table.add_row(d["thing_name"], cs or "-", str(d["created_at"]))
+        _out.print(table)
+
+    _emit(as_json, data, human)
+
+
+@thing_app.command("delete")
+def thing_delete(name: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """Delete a thing; its certificates are detached and deactivated."""
+    with _errors():
+        reg = _registry(state_dir)
+        reg.delete_thing(name)
+        reg.close()
+    _emit(as_json, {"deleted": name}, lambda: _out.print(f"deleted {name}"))
+
+
+# -- certificates -------------------------------------------------------------------------
+
+
+def _set_status(cert_id: str, status: CertStatus, state_dir: Path, as_json: bool) -> None:
+    with _errors():
+        reg = _registry(state_dir)
+        rec = reg.set_certificate_status(cert_id, status)
+        reg.close()
+    _emit(
+        as_json, rec.to_dict(), lambda: _out.print(f"{rec.certificate_id[:12]} is now {rec.status}")
+    )
+
+
+@cert_app.command("activate")
+def cert_activate(
+    certificate_id: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False
+) -> None:
+    """Set a certificate ACTIVE (the id may be a unique prefix of 8+ characters)."""
+    _set_status(certificate_id, CertStatus.ACTIVE, state_dir, as_json)
+
+
+@cert_app.command("deactivate")
+def cert_deactivate(
+    certificate_id: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False
+) -> None:
+    """Set a certificate INACTIVE; connected devices using it are disconnected."""
+    _set_status(certificate_id, CertStatus.INACTIVE, state_dir, as_json)
+
+
+@cert_app.command("revoke")
+def cert_revoke(
+    certificate_id: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False
+) -> None:
+    """Set a certificate REVOKED (final); connected devices using it are disconnected."""
+    _set_status(certificate_id, CertStatus.REVOKED, state_dir, as_json)
+
+
+@cert_app.command("list")
+def cert_list(state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """List certificates with their status, role and thing."""
+    with _errors():
+        reg = _registry(state_dir)
+        data = [c.to_dict() for c in reg.list_certificates()]
+        reg.close()
+
+    def human() -> None:
+        table = Table("certificate id", "status", "role", "thing")
+        for d in data:
+            table.add_row(d["certificate_id"][:16], d["status"], d["role"], d["thing_name"] or "-")
+        _out.print(table)
+
+    _emit(as_json, data, human)
+
+
+# -- groups -------------------------------------------------------------------------------
+
+
+@group_app.command("create")
+def group_create(name: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """Create a static thing group."""
+    with _errors():
+        reg = _registry(state_dir)
+        reg.create_group(name)
+        reg.close()
+    _emit(as_json, {"group": name}, lambda: _out.print(f"group {name} ready"))
+
+
+@group_app.command("add")
+def group_add(
+    name: str,
+    things: Annotated[list[str], typer.Argument(help="Thing names to add.")],
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add things to a static thing group."""
+    with _errors():
+        reg = _registry(state_dir)
+        reg.add_to_group(name, things)
+        members = reg.group_members(name)
+        reg.close()
+    _emit(
+        as_json,
+        {"group": name, "members": members},
+        lambda: _out.print(f"group {name}: {len(members)} things"),
+    )
+
+
+def _print_kv(data: dict[str, Any]) -> None:
+    width = max(len(k) for k in data)
+    for k, v in data.items():
+        _out.print(f"{k.ljust(width)}  {v}", markup=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exc:
+        # typer/click use exit code 2 for usage errors already; keep it.
+        raise SystemExit(exc.code) from None
