@@ -57,6 +57,7 @@ def ensure_ca(paths: StatePaths) -> CertificateAuthority:
     if paths.ca_cert.exists():
         return load_ca(paths)
     ca = CertificateAuthority.create(common_name="cloud-stubs local IoT Core CA")
+    paths.ca_cert.parent.mkdir(parents=True, exist_ok=True)
     ca.save(paths.ca_cert, paths.ca_key)
     _log.info("created CA %s", paths.ca_cert)
     return ca
@@ -80,12 +81,14 @@ def ensure_state(
     paths.root.mkdir(parents=True, exist_ok=True)
     ca = ensure_ca(paths)
     if not (_cert_still_good(paths.server_cert) and paths.server_key.exists()):
+        paths.server_cert.parent.mkdir(parents=True, exist_ok=True)
         ca.issue_server_cert(("localhost",), ("127.0.0.1", "::1")).write(
             paths.server_cert, paths.server_key, overwrite=True
         )
     registry = Registry(paths)
     if not (_cert_still_good(paths.service_cert) and paths.service_key.exists()):
         issued = ca.issue_device_cert(SERVICE_CLIENT_PREFIX, days=3650)
+        paths.service_cert.parent.mkdir(parents=True, exist_ok=True)
         issued.write(paths.service_cert, paths.service_key, overwrite=True)
         registry.register_certificate(issued.cert_pem, role=Role.SERVICE, snapshot=False)
     paths.broker_dir.mkdir(parents=True, exist_ok=True)

@@ -47,8 +47,8 @@ app.add_typer(thing_app, name="thing")
 app.add_typer(cert_app, name="cert")
 app.add_typer(group_app, name="thing-group")
 
-_err = Console(stderr=True, highlight=False)
-_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_out = Console(highlight=False, soft_wrap=True)
 
 StateDir = Annotated[
     Path,
