@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +20,8 @@ from cloud_stubs._registry import Registry
 from cloud_stubs._service_client import service_client
 from cloud_stubs._state import ThingIdentity, ensure_state, issue_thing, issue_things, load_ca
 from cloud_stubs.broker import Broker, BrokerKind, create_broker
+from cloud_stubs.services._build import build_services
+from cloud_stubs.services._runtime import Service, ServiceHost
 
 __all__ = ["EndpointInfo", "LocalIoTCore"]
 
@@ -67,6 +71,7 @@ class LocalIoTCore:
         port: int = 0,
         data_prefixes: tuple[str, ...] = DEFAULT_DATA_PREFIXES,
         write_endpoint_file: bool = True,
+        services: bool = True,
     ) -> None:
         """Configure the stub; nothing starts until ``async with`` (or :meth:`start`)."""
         self.paths = StatePaths.at(state_dir)
@@ -77,6 +82,10 @@ class LocalIoTCore:
         self._write_endpoint = write_endpoint_file
         self._broker: Broker | None = None
         self._registry: Registry | None = None
+        self._with_services = services
+        self._services: list[Service] = []
+        self._host_task: asyncio.Task[None] | None = None
+        self.service_host: ServiceHost | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -88,6 +97,12 @@ class LocalIoTCore:
         broker = create_broker(self._broker_kind, self.paths, host=self._host, port=self._port)
         await broker.start()
         self._broker = broker
+        if self._with_services:
+            try:
+                await self._start_services()
+            except BaseException:
+                await self.stop()
+                raise
         if self._write_endpoint:
             tmp = self.paths.endpoint_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.endpoint.to_dict(), indent=2) + "\n")
@@ -96,6 +111,7 @@ class LocalIoTCore:
 
     async def stop(self) -> None:
         """Stop services and broker; remove ``endpoint.json``."""
+        await self._stop_services()
         broker, self._broker = self._broker, None
         try:
             if broker is not None:
@@ -106,6 +122,36 @@ class LocalIoTCore:
             if self._registry is not None:
                 self._registry.close()
                 self._registry = None
+
+    async def _start_services(self) -> None:
+        self._services = build_services(self.paths, load_ca(self.paths))
+        host = ServiceHost(
+            lambda: self.service_client("services"),
+            self._services,
+            mqtt5=self.broker.name == "mosquitto",
+        )
+        ready = asyncio.Event()
+        task = asyncio.create_task(host.run(ready), name="cloud_stubs.services")
+        self._host_task, self.service_host = task, host
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, waiter}, timeout=30, return_when="FIRST_COMPLETED")
+        if waiter not in done:
+            waiter.cancel()
+            if task in done:
+                task.result()  # raises the reason the services could not start
+            raise RuntimeError("the stub's services did not connect within 30 s")
+
+    async def _stop_services(self) -> None:
+        task, self._host_task = self._host_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for service in self._services:
+            close = getattr(service, "close", None)
+            if close is not None:
+                close()
+        self._services = []
 
     async def __aenter__(self) -> Self:
         await self.start()

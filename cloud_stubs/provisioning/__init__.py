@@ -1,0 +1,1 @@
+"""Fleet Provisioning by claim: certificates from the claim, RegisterThing with templates."""

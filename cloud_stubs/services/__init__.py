@@ -1,0 +1,1 @@
+"""The stub's cloud services (Shadow, Jobs, Fleet Provisioning) as privileged MQTT clients."""

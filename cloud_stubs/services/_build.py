@@ -1,0 +1,15 @@
+"""Assemble the stub's services for a state directory."""
+
+from __future__ import annotations
+
+from certs import CertificateAuthority
+from cloud_stubs._paths import StatePaths
+from cloud_stubs.provisioning._service import ProvisioningService
+from cloud_stubs.services._runtime import Service
+
+__all__ = ["build_services"]
+
+
+def build_services(paths: StatePaths, ca: CertificateAuthority) -> list[Service]:
+    """Every service the local IoT Core runs, in dispatch order."""
+    return [ProvisioningService(paths, ca)]
