@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certs import CertificateAuthority, CertsError, IssuedCert, inspect_certificate
-from cloud_stubs._errors import StateDirError
+from cloud_stubs._errors import CloudStubError, StateDirError
 from cloud_stubs._paths import SERVICE_CLIENT_PREFIX, StatePaths
 from cloud_stubs._policy import DEFAULT_DATA_PREFIXES, Role, default_statements, render_statements
 from cloud_stubs._registry import CertStatus, Registry
@@ -117,6 +117,25 @@ def issue_thing(
     issued = ca.issue_device_cert(name)
     _write_identity(issued, cert_file, key_file)
     registry.register_certificate(issued.cert_pem, role=role, thing_name=name)
+    return ThingIdentity(name, issued.certificate_id, cert_file, key_file, paths.ca_cert)
+
+
+def issue_claim(registry: Registry, ca: CertificateAuthority, name: str) -> ThingIdentity:
+    """Issue a claim certificate (role ``claim``) under DIR/claims/<name>; reuse a live one."""
+    paths = registry.paths
+    cdir = paths.claim_dir(name)
+    cert_file, key_file = cdir / "cert.pem", cdir / "key.pem"
+    if cert_file.exists() and key_file.exists():
+        info = inspect_certificate(cert_file)
+        try:
+            rec = registry.get_certificate(info.fingerprint_sha256)
+        except CloudStubError:
+            rec = None
+        if rec is not None and rec.status is CertStatus.ACTIVE and not info.expired:
+            return ThingIdentity(name, rec.certificate_id, cert_file, key_file, paths.ca_cert)
+    issued = ca.issue_claim_cert(name)
+    _write_identity(issued, cert_file, key_file)
+    registry.register_certificate(issued.cert_pem, role=Role.CLAIM)
     return ThingIdentity(name, issued.certificate_id, cert_file, key_file, paths.ca_cert)
 
 

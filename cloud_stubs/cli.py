@@ -27,8 +27,9 @@ from cloud_stubs._demo import run_demo
 from cloud_stubs._errors import CloudStubError
 from cloud_stubs._paths import StatePaths
 from cloud_stubs._registry import CertStatus, Registry
-from cloud_stubs._state import ensure_state, issue_thing, issue_things, load_ca
+from cloud_stubs._state import ensure_state, issue_claim, issue_thing, issue_things, load_ca
 from cloud_stubs.broker import BrokerKind
+from cloud_stubs.provisioning._store import ProvisioningStore
 
 __all__ = ["app", "main"]
 
@@ -46,6 +47,14 @@ group_app = typer.Typer(help="Static thing groups.", no_args_is_help=True)
 app.add_typer(thing_app, name="thing")
 app.add_typer(cert_app, name="cert")
 app.add_typer(group_app, name="thing-group")
+prov_app = typer.Typer(
+    help="Fleet provisioning: templates and claim certificates.", no_args_is_help=True
+)
+template_app = typer.Typer(help="Provisioning templates (AWS template JSON).", no_args_is_help=True)
+claim_app = typer.Typer(help="Claim certificates for provisioning by claim.", no_args_is_help=True)
+prov_app.add_typer(template_app, name="template")
+prov_app.add_typer(claim_app, name="claim")
+app.add_typer(prov_app, name="provisioning")
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -352,6 +361,70 @@ def group_add(
         {"group": name, "members": members},
         lambda: _out.print(f"group {name}: {len(members)} things"),
     )
+
+
+# -- provisioning -------------------------------------------------------------------------
+
+
+@template_app.command("create")
+def template_create(
+    name: str,
+    file: Annotated[Path, typer.Option("--file", help="Template JSON (AWS format).")],
+    hook: Annotated[
+        str | None,
+        typer.Option(help="Pre-provisioning hook as module:function (Python callable)."),
+    ] = None,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or replace a provisioning template."""
+    with _errors():
+        try:
+            body = json.loads(file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            _fail(f"{file}: not valid JSON ({exc})")
+        reg = _registry(state_dir)
+        reg.close()
+        store = ProvisioningStore(StatePaths.at(state_dir))
+        tpl = store.put_template(name, body, hook=hook)
+        store.close()
+    _emit(as_json, tpl.to_dict(), lambda: _out.print(f"template {name} ready"))
+
+
+@template_app.command("list")
+def template_list(state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """List provisioning templates."""
+    with _errors():
+        store = ProvisioningStore(StatePaths.at(state_dir))
+        data = [t.to_dict() for t in store.list_templates()]
+        store.close()
+
+    def human() -> None:
+        for d in data:
+            _out.print(f"{d['template_name']}  (hook: {d['hook'] or '-'})")
+
+    _emit(as_json, data, human)
+
+
+@claim_app.command("create")
+def claim_create(
+    template: Annotated[str, typer.Option(help="Template the claim is meant for.")],
+    name: Annotated[str, typer.Option(help="Name of the claim identity.")] = "claim",
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue a claim certificate, limited to the fleet-provisioning topics."""
+    with _errors():
+        reg = _registry(state_dir)
+        store = ProvisioningStore(reg.paths)
+        store.get_template(template)
+        store.close()
+        ident = issue_claim(reg, load_ca(reg.paths), name)
+        reg.close()
+    data = {**ident.to_dict(), "template": template, **_endpoint_fields(state_dir)}
+    data.pop("thing_name", None)
+    data["claim_name"] = name
+    _emit(as_json, data, lambda: _print_kv(data))
 
 
 def _print_kv(data: dict[str, Any]) -> None:

@@ -145,12 +145,12 @@ def _merge_into(
                 metadata[key] = metadata_for(cleaned, now)
 
 
-def _copy(value: Any) -> Any:
+def copy_json(value: Any) -> Any:
     """Deep-copy a JSON value (faster than :func:`copy.deepcopy` for plain JSON)."""
     if isinstance(value, dict):
-        return {key: _copy(member) for key, member in value.items()}
+        return {key: copy_json(member) for key, member in value.items()}
     if isinstance(value, list):
-        return [_copy(element) for element in value]
+        return [copy_json(element) for element in value]
     return value
 
 
@@ -176,8 +176,8 @@ def merge_section(
     Returns:
         ``(new_section, new_metadata)``; both are ``{}`` when the section became empty.
     """
-    state: JsonObject = _copy(dict(stored))
-    metadata: JsonObject = _copy(dict(stored_metadata))
+    state: JsonObject = copy_json(dict(stored))
+    metadata: JsonObject = copy_json(dict(stored_metadata))
     _merge_into(state, metadata, patch, now)
     return state, metadata
 
@@ -227,7 +227,7 @@ def compute_delta(
             if sub:
                 result[key] = sub
         elif key not in reported or not json_equal(wanted, reported[key]):
-            result[key] = _copy(wanted)
+            result[key] = copy_json(wanted)
     return result
 
 
@@ -249,7 +249,7 @@ def project_metadata(delta: Mapping[str, Any], metadata: Mapping[str, Any]) -> J
         if isinstance(value, dict) and isinstance(sub, dict):
             result[key] = project_metadata(value, sub)
         elif sub is not None:
-            result[key] = _copy(sub)
+            result[key] = copy_json(sub)
     return result
 
 
