@@ -1,5 +1,6 @@
 """The one exception type the certs package raises for bad input."""
 
+import functools
 from pathlib import Path
 
 
@@ -18,6 +19,9 @@ class CertsError(Exception):
         self.message = " ".join(message.split())
         self.path = path
         super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[functools.partial["CertsError"], tuple[str]]:
+        return functools.partial(type(self), path=self.path), (self.message,)
 
     def __str__(self) -> str:
         if self.path is None:

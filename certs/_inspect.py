@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import NameOID
@@ -67,6 +68,13 @@ def describe_public_key(key: object) -> str:
     if isinstance(key, ed448.Ed448PublicKey):
         return "Ed448"
     return type(key).__name__
+
+
+def _key_type(cert: x509.Certificate) -> str:
+    try:
+        return describe_public_key(cert.public_key())
+    except (ValueError, UnsupportedAlgorithm):
+        return f"unsupported ({cert.public_key_algorithm_oid.dotted_string})"
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ def certificate_info(cert: x509.Certificate, *, path: Path | None = None) -> Cer
         serial=cert.serial_number,
         not_before=cert.not_valid_before_utc,
         not_after=not_after,
-        key_type=describe_public_key(cert.public_key()),
+        key_type=_key_type(cert),
         is_ca=is_ca,
         sans=sans,
         expired=datetime.now(UTC) > not_after,
