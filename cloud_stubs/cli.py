@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from certs import CertsError
+from cloud_stubs._control import shadow_request
 from cloud_stubs._core import LocalIoTCore
 from cloud_stubs._demo import run_demo
 from cloud_stubs._errors import CloudStubError
@@ -30,6 +31,7 @@ from cloud_stubs._registry import CertStatus, Registry
 from cloud_stubs._state import ensure_state, issue_claim, issue_thing, issue_things, load_ca
 from cloud_stubs.broker import BrokerKind
 from cloud_stubs.provisioning._store import ProvisioningStore
+from cloud_stubs.shadow._topics import ShadowOperation
 
 __all__ = ["app", "main"]
 
@@ -55,6 +57,10 @@ claim_app = typer.Typer(help="Claim certificates for provisioning by claim.", no
 prov_app.add_typer(template_app, name="template")
 prov_app.add_typer(claim_app, name="claim")
 app.add_typer(prov_app, name="provisioning")
+shadow_app = typer.Typer(
+    help="Read and change device shadows (classic or named).", no_args_is_help=True
+)
+app.add_typer(shadow_app, name="shadow")
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -361,6 +367,92 @@ def group_add(
         {"group": name, "members": members},
         lambda: _out.print(f"group {name}: {len(members)} things"),
     )
+
+
+# -- shadows ------------------------------------------------------------------------------
+
+ShadowName = Annotated[str | None, typer.Option("--name", help="Named shadow (default: classic).")]
+
+
+def _json_arg(option: str, raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        _fail(f'{option}: not valid JSON ({exc}); example: {option} \'{{"color": "red"}}\'')
+
+
+def _shadow(
+    op: ShadowOperation,
+    thing: str,
+    name: str | None,
+    body: dict[str, Any],
+    state_dir: Path,
+    as_json: bool,
+) -> None:
+    with _errors():
+        reg = _registry(state_dir)
+        reg.close()
+        try:
+            ok, reply = asyncio.run(shadow_request(StatePaths.at(state_dir), op, thing, name, body))
+        except TimeoutError:
+            _fail("the running stub did not answer within 10 s")
+    reply.pop("clientToken", None)
+    if as_json:
+        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
+    else:
+        _out.print_json(json.dumps(reply))
+    if not ok:
+        raise typer.Exit(1)
+
+
+@shadow_app.command("get")
+def shadow_get(
+    thing: str,
+    name: ShadowName = None,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a shadow document (exit 1 when it does not exist)."""
+    _shadow(ShadowOperation.GET, thing, name, {}, state_dir, as_json)
+
+
+@shadow_app.command("update")
+def shadow_update(
+    thing: str,
+    name: ShadowName = None,
+    desired: Annotated[str | None, typer.Option(help="JSON object to merge into desired.")] = None,
+    reported: Annotated[
+        str | None, typer.Option(help="JSON object to merge into reported.")
+    ] = None,
+    version: Annotated[int | None, typer.Option(help="Expected current version.")] = None,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Update a shadow; devices get /update/delta when desired differs from reported."""
+    if desired is None and reported is None:
+        _fail("give --desired JSON and/or --reported JSON")
+    state: dict[str, Any] = {}
+    if desired is not None:
+        state["desired"] = _json_arg("--desired", desired)
+    if reported is not None:
+        state["reported"] = _json_arg("--reported", reported)
+    body: dict[str, Any] = {"state": state}
+    if version is not None:
+        body["version"] = version
+    _shadow(ShadowOperation.UPDATE, thing, name, body, state_dir, as_json)
+
+
+@shadow_app.command("delete")
+def shadow_delete(
+    thing: str,
+    name: ShadowName = None,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a shadow (exit 1 when it does not exist)."""
+    _shadow(ShadowOperation.DELETE, thing, name, {}, state_dir, as_json)
 
 
 # -- provisioning -------------------------------------------------------------------------

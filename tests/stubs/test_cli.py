@@ -58,7 +58,9 @@ def test_create_many_and_groups(tmp_path: Path) -> None:
     assert (data["count"], data["first"], data["last"]) == (25, "robot-1", "robot-25")
     assert len(list((tmp_path / "s" / "things").iterdir())) == 25
     assert run("thing-group", "create", "lab", "--state-dir", sd)[0] == 0
-    code, out, _ = run("thing-group", "add", "lab", "robot-1", "robot-2", "--state-dir", sd, "--json")
+    code, out, _ = run(
+        "thing-group", "add", "lab", "robot-1", "robot-2", "--state-dir", sd, "--json"
+    )
     assert json.loads(out)["members"] == ["robot-1", "robot-2"]
 
 
@@ -90,5 +92,7 @@ def test_corrupt_ca_names_the_file(tmp_path: Path) -> None:
 
 
 def test_usage_error_exit_code(tmp_path: Path) -> None:
-    code, _, _ = run("thing", "create-many", "--prefix", "x", "--count", "0", "--state-dir", str(tmp_path))
+    code, _, _ = run(
+        "thing", "create-many", "--prefix", "x", "--count", "0", "--state-dir", str(tmp_path)
+    )
     assert code == 2

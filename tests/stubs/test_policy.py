@@ -46,7 +46,10 @@ def test_device_allowed_on_own_topics(action: Action, resource: str) -> None:
     [
         (Action.CONNECT, "robot-b"),
         (Action.PUBLISH, "$aws/things/robot-b/shadow/update"),
-        (Action.PUBLISH, "$aws/things/robot-a/shadow/update/accepted"),  # responses are the service's
+        (
+            Action.PUBLISH,
+            "$aws/things/robot-a/shadow/update/accepted",
+        ),  # responses are the service's
         (Action.SUBSCRIBE, "$aws/things/robot-b/shadow/get/+"),
         (Action.SUBSCRIBE, "$aws/things/+/shadow/get/+"),
         (Action.SUBSCRIBE, "#"),
@@ -63,9 +66,7 @@ def test_device_denied_elsewhere(action: Action, resource: str) -> None:
 
 
 def test_plus_and_hash_are_literal_in_patterns() -> None:
-    engine = PolicyEngine(
-        [Statement(Effect.ALLOW, Role.DEVICE, Action.SUBSCRIBE, "a/+/c")]
-    )
+    engine = PolicyEngine([Statement(Effect.ALLOW, Role.DEVICE, Action.SUBSCRIBE, "a/+/c")])
     assert engine.is_allowed(A, Action.SUBSCRIBE, "a/+/c")
     assert not engine.is_allowed(A, Action.SUBSCRIBE, "a/b/c")
 
