@@ -138,13 +138,21 @@ async def test_deactivation_disconnects_a_connected_device_and_reactivation_rest
     ident = cloud.create_thing("robot-8")
     async with aiomqtt_device(cloud, ident) as dev:
         await dev.subscribe("cmd/robot-8/#", qos=1)
+
+        async def read_until_dropped() -> None:
+            async for _ in dev.messages:
+                pass
+
+        reader = asyncio.create_task(read_until_dropped())
         cloud.registry.set_certificate_status(ident.certificate_id, CertStatus.INACTIVE)
         await cloud.reload()
-        with pytest.raises(aiomqtt.MqttError):  # noqa: PT012 - loop until dropped
-            async with asyncio.timeout(10):
-                while True:  # the broker drops us on the next operation or on reload
-                    await dev.publish("cmd/robot-8/x", b"{}", qos=1)
-                    await asyncio.sleep(0.2)
+        async with asyncio.timeout(10):
+            while not reader.done():  # the broker drops us on reload or on the next operation
+                with contextlib.suppress(TimeoutError, aiomqtt.MqttError):
+                    await asyncio.wait_for(dev.publish("cmd/robot-8/x", b"{}", qos=1), 0.5)
+                await asyncio.sleep(0.1)
+        with pytest.raises(aiomqtt.MqttError):
+            reader.result()
     cloud.registry.set_certificate_status(ident.certificate_id, CertStatus.ACTIVE)
     await cloud.reload()
     async with aiomqtt_device(cloud, ident) as dev:
