@@ -103,7 +103,8 @@ class TimeoutConfig:
     @classmethod
     def from_api(cls, data: Any) -> "TimeoutConfig":
         """Build from the API shape ``{"inProgressTimeoutInMinutes": N}``."""
-        return cls(_api(data, "timeoutConfig").get("inProgressTimeoutInMinutes"))
+        minutes: Any = _api(data, "timeoutConfig").get("inProgressTimeoutInMinutes")
+        return cls(minutes)
 
     def to_api(self) -> JsonObject:
         """Return the API shape."""
@@ -135,7 +136,7 @@ class RetryConfig:
     [U] Counting: a FAILED (or TIMED_OUT) execution is retried while the retries already
     used for that failure type stay below the matching specific criterion; when only an
     ``ALL`` criterion exists, FAILED and TIMED_OUT retries share its budget. The counting
-    lives only in ``_control._retry_allowed``.
+    lives only in ``_engine._retry_allowed``.
 
     Attributes:
         criteria: 1-2 criteria.
@@ -240,9 +241,11 @@ class RolloutConfig:
         if data.get("exponentialRate") is not None:
             rate = _api(data["exponentialRate"], "exponentialRate")
             criteria = _api(rate.get("rateIncreaseCriteria"), "rateIncreaseCriteria")
+            base: Any = rate.get("baseRatePerMinute")
+            factor: Any = rate.get("incrementFactor")
             exponential = ExponentialRate(
-                rate.get("baseRatePerMinute"),
-                rate.get("incrementFactor"),
+                base,
+                factor,
                 criteria.get("numberOfNotifiedThings"),
                 criteria.get("numberOfSucceededThings"),
             )
@@ -293,12 +296,14 @@ class AbortCriteria:
 class AbortConfig:
     """``abortConfig`` (spec §3.8).
 
-    [U] Evaluation (only in ``_control._check_abort``): "executed things" are the things
+    [U] Evaluation (only in ``_engine.check_abort``): "executed things" are the things
     that have received an execution of the job (the API text says "must receive job
     execution notifications"); a criterion fires when that count reaches
-    ``min_number_of_executed_things`` and the things whose *latest* execution ended in a
-    matching failure make up at least ``threshold_percentage`` percent of it. It is
-    evaluated whenever an execution of the job ends, before any retry is queued.
+    ``min_number_of_executed_things`` and the things whose last *finished* execution
+    ended in a matching failure (``JobsState.outcome_counts``; a failure stays counted
+    while its retry is pending) make up at least ``threshold_percentage`` percent of it
+    (and at least one). It is evaluated whenever an execution of the job ends, before
+    any retry is queued, so an aborting failure is not retried.
 
     Attributes:
         criteria: At least one criterion.

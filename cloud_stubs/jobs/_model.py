@@ -242,6 +242,8 @@ class JobsState:
     jobs: dict[str, Job] = field(default_factory=dict)
     executions: dict[str, dict[str, list[Execution]]] = field(default_factory=dict)
     sequence: int = 0
+    _counts: dict[str, dict[ExecutionStatus, int]] = field(default_factory=dict, repr=False)
+    _outcomes: dict[str, dict[ExecutionStatus, int]] = field(default_factory=dict, repr=False)
 
     def next_sequence(self) -> int:
         """Hand out the next creation sequence number."""
@@ -257,10 +259,71 @@ class JobsState:
         found = self.executions_of(job_id, thing_name)
         return found[-1] if found else None
 
+    def latest_counts(self, job_id: str) -> dict[ExecutionStatus, int]:
+        """Return, per status, how many things' newest execution of the job has it.
+
+        The sum is the number of things that have received an execution of the job.
+        Maintained incrementally, so it is O(1) (a copy of a small dict).
+        """
+        return {status: n for status, n in self._counts.get(job_id, {}).items() if n}
+
+    def outcome_counts(self, job_id: str) -> dict[ExecutionStatus, int]:
+        """Return, per terminal status, how many things' last *finished* execution has it.
+
+        Unlike :meth:`latest_counts`, a failure stays counted while its retry is
+        pending, until a later execution of the same thing finishes.
+        """
+        return {status: n for status, n in self._outcomes.get(job_id, {}).items() if n}
+
+    def _count(self, job_id: str, status: ExecutionStatus, delta: int) -> None:
+        counts = self._counts.setdefault(job_id, {})
+        counts[status] = counts.get(status, 0) + delta
+
+    def _count_outcome(self, job_id: str, status: ExecutionStatus, delta: int) -> None:
+        counts = self._outcomes.setdefault(job_id, {})
+        counts[status] = counts.get(status, 0) + delta
+
     def add_execution(self, execution: Execution) -> None:
-        """Store a new execution."""
+        """Store a new execution; it becomes the thing's newest one for its job."""
         by_job = self.executions.setdefault(execution.thing_name, {})
-        by_job.setdefault(execution.job_id, []).append(execution)
+        found = by_job.setdefault(execution.job_id, [])
+        if found:
+            self._count(execution.job_id, found[-1].status, -1)
+        if execution.status.is_terminal:  # only when loading a saved state
+            finished = [e for e in found if e.status.is_terminal]
+            if finished:
+                self._count_outcome(execution.job_id, finished[-1].status, -1)
+            self._count_outcome(execution.job_id, execution.status, 1)
+        found.append(execution)
+        self._count(execution.job_id, execution.status, 1)
+
+    def set_status(self, execution: Execution, status: ExecutionStatus) -> None:
+        """Change the status of a thing's newest execution, keeping the counts right."""
+        self._count(execution.job_id, execution.status, -1)
+        self._count(execution.job_id, status, 1)
+        if status.is_terminal:
+            found = self.executions_of(execution.job_id, execution.thing_name)
+            finished = [e for e in found if e.status.is_terminal and e is not execution]
+            if execution.status.is_terminal:
+                self._count_outcome(execution.job_id, execution.status, -1)
+            elif finished:
+                self._count_outcome(execution.job_id, finished[-1].status, -1)
+            self._count_outcome(execution.job_id, status, 1)
+        execution.status = status
+
+    def remove_job(self, job_id: str) -> list[str]:
+        """Delete a job and all its executions; return the things that had some."""
+        self.jobs.pop(job_id, None)
+        self._counts.pop(job_id, None)
+        self._outcomes.pop(job_id, None)
+        things = []
+        for thing_name, by_job in self.executions.items():
+            if by_job.pop(job_id, None) is not None:
+                things.append(thing_name)
+        for thing_name in things:
+            if not self.executions[thing_name]:
+                del self.executions[thing_name]
+        return things
 
     def to_json(self) -> str:
         """Serialize everything; inverse of :meth:`from_json`."""
@@ -316,7 +379,7 @@ _DETAILS_KEY = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 
 
 def _valid_detail_value(value: Any) -> bool:
-    """A 1-1024 character string without ``\\p{C}`` characters (the API model pattern)."""
+    """A 1-1024 character string without Unicode category C characters (API model)."""
     return (
         isinstance(value, str)
         and 1 <= len(value) <= MAX_STATUS_DETAIL_VALUE

@@ -156,11 +156,7 @@ def execution_data(
 
 def process_details(state: JobsState, job: Job) -> JsonObject:
     """Return ``jobProcessDetails``: things per status of their latest execution."""
-    counts = dict.fromkeys(ExecutionStatus, 0)
-    for thing in job.targets:
-        latest = state.latest(job.job_id, thing)
-        if latest is not None:
-            counts[latest.status] += 1
+    counts = state.latest_counts(job.job_id)
     names = {
         ExecutionStatus.QUEUED: "numberOfQueuedThings",
         ExecutionStatus.IN_PROGRESS: "numberOfInProgressThings",
@@ -171,7 +167,7 @@ def process_details(state: JobsState, job: Job) -> JsonObject:
         ExecutionStatus.REMOVED: "numberOfRemovedThings",
         ExecutionStatus.CANCELED: "numberOfCanceledThings",
     }
-    return {names[status]: count for status, count in counts.items()}
+    return {names[status]: counts.get(status, 0) for status in ExecutionStatus}
 
 
 def describe_job_body(state: JobsState, job: Job) -> JsonObject:
