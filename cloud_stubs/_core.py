@@ -198,6 +198,28 @@ class LocalIoTCore:
         names = [f"{prefix}{i}" for i in range(start, start + count)]
         return issue_things(self.registry, load_ca(self.paths), names)
 
+    def service(self, name: str) -> Service:
+        """A running service by name (``shadow``, ``jobs``, ``provisioning``)."""
+        for service in self._services:
+            if service.name == name:
+                return service
+        raise RuntimeError(f"service {name!r} is not running")
+
+    async def jobs_control(self, op: str, **args: Any) -> Any:
+        """Jobs control plane (create, cancel, delete, describe, list, list-executions, ...).
+
+        Notifications the operation causes are published to devices before this returns.
+        Raises :class:`cloud_stubs.jobs.JobsError` subclasses for refused operations.
+        """
+        from cloud_stubs.jobs._service import JobsService  # noqa: PLC0415
+
+        jobs = self.service("jobs")
+        assert isinstance(jobs, JobsService)  # noqa: S101 - registry of services is internal
+        result, messages = jobs.control(op, args)
+        if self.service_host is not None:
+            await self.service_host.emit(messages)
+        return result
+
     async def reload(self) -> None:
         """Make the broker re-read the registry snapshot and policies now."""
         await self.broker.reload()

@@ -55,8 +55,9 @@ Deviations from IoT Core:
   ``mqtt5_client_builder``) cannot use this broker; use MQTT 3.1.1
   (``mqtt_connection_builder``, aiomqtt ``ProtocolVersion.V311``) or mosquitto. No user
   properties, so services cannot learn the requesting client id from the broker.
-* A refused CONNECT gets CONNACK return code 5 (4 never, 2 for a client id over 128 bytes)
-  before the connection is closed; IoT Core closes an MQTT 3.1.1 connection without a CONNACK.
+* A refused CONNECT gets a CONNACK before the connection is closed: return code 5 (not
+  authorized), or 2 for a client id over 128 bytes. IoT Core closes an MQTT 3.1.1 connection
+  without a CONNACK. (awscrt 0.36 reports either as ``AWS_ERROR_MQTT_PROTOCOL_ERROR``.)
 * A denied SUBSCRIBE gets SUBACK 0x80 and the connection stays (IoT Core's current MQTT 3.1.1
   behaviour is an open question, see the protocol notes §6.3).
 * No throttling: 100 publishes/s and 512 KiB/s per connection, 1 CONNECT/s per client id,

@@ -301,9 +301,10 @@ class IotBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         for conn in conns:
             self.request_close(conn, reason)
         if conns:
-            await asyncio.wait(
-                [asyncio.create_task(c.done.wait()) for c in conns], timeout=_CLOSE_WAIT
-            )
+            waiters = [asyncio.create_task(c.done.wait()) for c in conns]
+            _done, pending = await asyncio.wait(waiters, timeout=_CLOSE_WAIT)
+            for waiter in pending:
+                waiter.cancel()
 
     async def _close_and_wait(self, conn: _Connection, reason: DisconnectReason) -> None:
         self.request_close(conn, reason)
@@ -469,6 +470,7 @@ class IotBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             await self._stop_handler(handler)
             session.transitions.disconnect()
         if started:
+            await self._flush_accepted(session, handler)
             await self._publish_presence(conn, conn.reason or DisconnectReason.CONNECTION_LOST)
         if session.clean_session and self._sessions.get(client_id, (None, None))[0] is session:
             await self._cleanup_session(client_id)
@@ -572,15 +574,28 @@ class IotBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             entries[mine[0]] = (session, granted)
         else:
             entries.append((session, granted))
+        _filters_of(session).add(topic_filter)
         return granted
 
+    def _is_subscribed(self, session: Session, topic_filter: str) -> bool:
+        entries = self._subscriptions.get(topic_filter, ())
+        return any(s.client_id == session.client_id for s, _ in entries)
+
     def _subscription_count(self, session: Session) -> int:
-        return sum(
-            1
-            for subs in self._subscriptions.values()
-            for s, _ in subs
-            if s.client_id == session.client_id
-        )
+        filters = _filters_of(session)
+        filters.intersection_update([f for f in filters if self._is_subscribed(session, f)])
+        return len(filters)
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        # amqtt's scans every filter of every client; the session knows its own filters.
+        filters = _filters_of(session)
+        for topic_filter in filters:
+            if (
+                self._del_subscription(topic_filter, session)
+                and not self._subscriptions[topic_filter]
+            ):
+                del self._subscriptions[topic_filter]
+        filters.clear()
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
@@ -653,16 +668,15 @@ class IotBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             conn = _connection_of(session)
             if conn is None or not self._authorize(conn, Action.RECEIVE, topic, refresh=False):
                 continue
-            if session.transitions.state != "connected":
-                # Persistent session offline: queue QoS 1 messages for its next connection.
+            handler = self._get_handler(session)
+            if session.transitions.state != "connected" or conn.closing or handler is None:
+                # Offline (or going): a persistent session keeps QoS 1 messages for later.
                 if not session.clean_session and qos >= 1:
                     await self._retain_broadcast_message(broadcast, qos, session)
                 continue
-            handler = self._get_handler(session)
-            if handler is not None and not conn.closing:
-                running_tasks.append(
-                    asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False))
-                )
+            running_tasks.append(
+                asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False))
+            )
 
     def _matches(self, topic: str, a_filter: str) -> bool:
         return topic_matches(a_filter, topic)

@@ -105,6 +105,8 @@ class ServiceHost:
         self._slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
         self.handled = 0
         self.errors = 0
+        self._client: aiomqtt.Client | None = None
+        self._tg: asyncio.TaskGroup | None = None
 
     async def run(self, ready: asyncio.Event) -> None:
         """Serve until cancelled; set ``ready`` once every subscription is acknowledged."""
@@ -115,6 +117,7 @@ class ServiceHost:
                         await client.subscribe(flt, options=SubscribeOptions(qos=1, noLocal=True))
                     else:
                         await client.subscribe(flt, qos=1)
+            self._client, self._tg = client, tg
             ready.set()
             tg.create_task(self._ticker(client, tg), name="cloud_stubs.services.tick")
             async for msg in client.messages:
@@ -125,6 +128,13 @@ class ServiceHost:
                     if service.accepts(topic):
                         await self._dispatch(client, tg, service, request)
                         break
+
+    async def emit(self, messages: Sequence[Outgoing]) -> None:
+        """Publish messages produced outside a request (control plane), in order."""
+        if self._client is None or self._tg is None:
+            raise RuntimeError("the service host is not running")
+        for msg in messages:
+            await self._publish(self._client, self._tg, msg)
 
     async def _dispatch(
         self, client: aiomqtt.Client, tg: asyncio.TaskGroup, service: Service, request: Request

@@ -373,10 +373,13 @@ class RawConnection:
                 out += chunk
 
     async def closed_by_peer(self, timeout: float = TIMEOUT) -> bool:
+        """True when the broker closes the connection within ``timeout`` (sending nothing)."""
         assert self.reader is not None
         try:
             async with asyncio.timeout(timeout):
                 data = await self.reader.read(1)
+        except TimeoutError:
+            return False
         except (OSError, ssl.SSLError):
             return True
         return data == b""

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from cloud_stubs.broker import _embedded_amqtt
+from cloud_stubs.broker import Broker, _embedded_amqtt
 from cloud_stubs.broker._embedded import EmbeddedBroker
 from tests.broker._embedded_support import (
     Pki,
@@ -44,7 +44,8 @@ async def broker(pki: Pki) -> AsyncIterator[EmbeddedBroker]:
 
 async def test_interface(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     b = EmbeddedBroker(pki.paths, port=0)
-    assert b.name == "embedded"
+    backend: Broker = b  # satisfies the stub's broker protocol (checked by mypy)
+    assert backend.name == "embedded"
     assert (b.host, b.port) == ("127.0.0.1", 0)
     with caplog.at_level("WARNING", logger="cloud_stubs.broker._embedded"):
         async with b:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloud_stubs.broker._embedded_iot import (
     DisconnectReason,
+    FilterTrie,
     clamp_keep_alive,
     connected_event,
     disconnected_event,
@@ -118,3 +121,32 @@ def test_lifecycle_payloads() -> None:
     assert gone["disconnectReason"] == "CONNECTION_LOST"
     assert gone["clientInitiatedDisconnect"] is False
     assert "ipAddress" not in gone
+
+
+_LEVEL = st.sampled_from(["a", "b", "", "$aws", "$x"])
+_TOPICS = st.lists(_LEVEL, min_size=1, max_size=4).map("/".join)
+_FILTERS = st.builds(
+    lambda levels, last: "/".join([*levels, *last]),
+    st.lists(st.one_of(_LEVEL, st.just("+")), max_size=3),
+    st.sampled_from([[], ["#"], ["+"], ["a"]]),
+).filter(lambda f: f != "" and filter_problem(f) is None)
+
+
+@given(st.sets(_FILTERS, max_size=12), st.lists(_TOPICS, max_size=8), st.data())
+def test_filter_trie_agrees_with_topic_matches(
+    filters: set[str], topics: list[str], data: st.DataObject
+) -> None:
+    trie = FilterTrie()
+    for f in filters:
+        trie.add(f)
+    removed = data.draw(st.sets(st.sampled_from(sorted(filters)))) if filters else set()
+    for f in removed:
+        trie.discard(f)
+    kept = filters - removed
+    assert len(trie) == len(kept)
+    for topic in topics:
+        assert sorted(trie.match(topic)) == sorted(f for f in kept if topic_matches(f, topic))
+    for f in kept:
+        trie.discard(f)
+    assert len(trie) == 0
+    assert trie._root.children == {}
