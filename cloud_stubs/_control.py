@@ -22,7 +22,7 @@ from cloud_stubs.shadow._core import handle_request
 from cloud_stubs.shadow._service import ShadowStore
 from cloud_stubs.shadow._topics import ShadowOperation, shadow_topic
 
-__all__ = ["running_endpoint", "shadow_request"]
+__all__ = ["jobs_request", "running_endpoint", "shadow_request"]
 
 
 def running_endpoint(paths: StatePaths) -> dict[str, Any] | None:
@@ -100,3 +100,58 @@ async def _over_mqtt(
                 if isinstance(reply, dict) and reply.get("clientToken") == token:
                     return str(msg.topic).endswith("/accepted"), reply
     raise TimeoutError  # pragma: no cover - asyncio.timeout raises first
+
+
+async def jobs_request(
+    paths: StatePaths, op: str, args: dict[str, Any], *, wait_s: float = 10.0
+) -> tuple[bool, Any]:
+    """Run a jobs control operation; return (ok, result or error dict).
+
+    Over MQTT when the stub runs (devices are notified), else on the stored state.
+    """
+    from cloud_stubs._registry import Registry  # noqa: PLC0415
+    from cloud_stubs.jobs import JobsError  # noqa: PLC0415
+    from cloud_stubs.jobs._service import CONTROL_PREFIX, JobsStore, run_control  # noqa: PLC0415
+
+    ep = running_endpoint(paths)
+    if ep is not None:
+        token = uuid.uuid4().hex
+        client = service_client(
+            paths,
+            str(ep["host"]),
+            int(ep["port"]),
+            purpose="cli",
+            mqtt5=ep.get("broker") == "mosquitto",
+        )
+        try:
+            async with client:
+                await client.subscribe(f"{CONTROL_PREFIX}/{op}/reply", qos=1)
+                await client.publish(
+                    f"{CONTROL_PREFIX}/{op}", json.dumps({**args, "clientToken": token}), qos=1
+                )
+                async with asyncio.timeout(wait_s):
+                    async for msg in client.messages:
+                        reply = json.loads(msg.payload if isinstance(msg.payload, bytes) else b"{}")
+                        if reply.get("clientToken") == token:
+                            if reply.get("ok"):
+                                return True, reply.get("result")
+                            return False, {
+                                "error": reply.get("error"),
+                                "message": reply.get("message"),
+                            }
+        except aiomqtt.MqttError:
+            pass  # not reachable: fall back to the stored state
+    store = JobsStore(paths)
+    registry = Registry(paths)
+    try:
+        state = store.load()
+        try:
+            result, outcome = run_control(state, registry, op, args, int(time.time()))
+        except (JobsError, KeyError, ValueError, TypeError) as exc:
+            return False, {"error": type(exc).__name__, "message": str(exc)}
+        if outcome is not None and outcome.changed:
+            store.save(state)
+        return True, result
+    finally:
+        store.close()
+        registry.close()

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from certs import CertsError
-from cloud_stubs._control import shadow_request
+from cloud_stubs._control import jobs_request, shadow_request
 from cloud_stubs._core import LocalIoTCore
 from cloud_stubs._demo import run_demo
 from cloud_stubs._errors import CloudStubError
@@ -61,6 +61,10 @@ shadow_app = typer.Typer(
     help="Read and change device shadows (classic or named).", no_args_is_help=True
 )
 app.add_typer(shadow_app, name="shadow")
+jobs_app = typer.Typer(
+    help="Create and manage jobs (AWS IoT Jobs control plane).", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
@@ -453,6 +457,117 @@ def shadow_delete(
 ) -> None:
     """Delete a shadow (exit 1 when it does not exist)."""
     _shadow(ShadowOperation.DELETE, thing, name, {}, state_dir, as_json)
+
+
+# -- jobs ---------------------------------------------------------------------------------
+
+
+def _jobs(op: str, args: dict[str, Any], state_dir: Path, as_json: bool) -> Any:
+    with _errors():
+        _registry(state_dir).close()
+        try:
+            ok, result = asyncio.run(jobs_request(StatePaths.at(state_dir), op, args))
+        except TimeoutError:
+            _fail("the running stub did not answer within 10 s")
+    if not ok:
+        _fail(f"jobs {op}: {result.get('message') or result.get('error')}")
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        _out.print_json(json.dumps(result))
+    return result
+
+
+@jobs_app.command("create")
+def jobs_create(
+    job_id: Annotated[str, typer.Option("--job-id", help="1-64 characters a-z A-Z 0-9 _ -")],
+    document: Annotated[Path, typer.Option(help="Job document (JSON file).")],
+    thing: Annotated[
+        list[str] | None, typer.Option("--thing", help="Target thing (repeat).")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="Target thing group (repeat).")
+    ] = None,
+    rollout: Annotated[str | None, typer.Option(help="jobExecutionsRolloutConfig JSON.")] = None,
+    abort: Annotated[str | None, typer.Option(help="abortConfig JSON.")] = None,
+    retry: Annotated[str | None, typer.Option(help="jobExecutionsRetryConfig JSON.")] = None,
+    timeout_minutes: Annotated[
+        int | None, typer.Option(help="In-progress timeout (1-10080).", min=1, max=10080)
+    ] = None,
+    continuous: Annotated[bool, typer.Option(help="CONTINUOUS target selection.")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a job for things and/or thing groups."""
+    if not thing and not group:
+        _fail("give at least one --thing or --group")
+    try:
+        doc = json.loads(document.read_text(encoding="utf-8"))
+    except OSError as exc:
+        _fail(f"{document}: {exc.strerror}")
+    except ValueError as exc:
+        _fail(f"{document}: not valid JSON ({exc})")
+    args: dict[str, Any] = {
+        "job_id": job_id,
+        "document": doc,
+        "things": thing or [],
+        "groups": group or [],
+        "target_selection": "CONTINUOUS" if continuous else "SNAPSHOT",
+        "rollout": _json_arg("--rollout", rollout),
+        "abort": _json_arg("--abort", abort),
+        "retry": _json_arg("--retry", retry),
+        "timeout": {"inProgressTimeoutInMinutes": timeout_minutes} if timeout_minutes else None,
+    }
+    _jobs("create", args, state_dir, as_json)
+
+
+@jobs_app.command("describe")
+def jobs_describe(
+    job_id: str, state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False
+) -> None:
+    """Describe a job (status, targets, counts)."""
+    _jobs("describe", {"job_id": job_id}, state_dir, as_json)
+
+
+@jobs_app.command("list")
+def jobs_list(state_dir: StateDir = DEFAULT_STATE, as_json: JsonOpt = False) -> None:
+    """List jobs."""
+    _jobs("list", {}, state_dir, as_json)
+
+
+@jobs_app.command("list-executions")
+def jobs_list_executions(
+    job_id: Annotated[str | None, typer.Option("--job-id")] = None,
+    thing: Annotated[str | None, typer.Option("--thing")] = None,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """List executions of a job (--job-id) or of a thing (--thing)."""
+    if (job_id is None) == (thing is None):
+        _fail("give exactly one of --job-id or --thing")
+    _jobs("list-executions", {"job_id": job_id, "thing": thing}, state_dir, as_json)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: str,
+    force: Annotated[bool, typer.Option(help="Also cancel IN_PROGRESS executions.")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a job (QUEUED executions; with --force also IN_PROGRESS ones)."""
+    _jobs("cancel", {"job_id": job_id, "force": force}, state_dir, as_json)
+
+
+@jobs_app.command("delete")
+def jobs_delete(
+    job_id: str,
+    force: Annotated[bool, typer.Option(help="Delete even if not finished.")] = False,
+    state_dir: StateDir = DEFAULT_STATE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a job."""
+    _jobs("delete", {"job_id": job_id, "force": force}, state_dir, as_json)
 
 
 # -- provisioning -------------------------------------------------------------------------

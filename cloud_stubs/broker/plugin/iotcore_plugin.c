@@ -98,11 +98,17 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
 
 #define CERT_ID_LEN 64
 #define MAX_CLIENT_ID 128
 #define MAX_TOPIC_BYTES 256
 #define MAX_TOPIC_SLASHES 7
+
+/* MQTT 5 user properties between the plugin and the stub's services (cloud_stubs/services). */
+#define PROP_CLIENT_ID "x-iot-client-id"
+#define PROP_DELIVER_TO "x-iot-deliver-to"
+#define ROLE_SERVICE "service"
 
 /* ------------------------------------------------------------------------------------------ */
 /* small utilities                                                                             */
@@ -392,6 +398,19 @@ typedef struct {
 	const char *reason;
 } kick_t;
 
+/* The message being routed right now when the service addressed it to one client
+ * (x-iot-deliver-to). mosquitto 2.0.11 passes no properties to MOSQ_EVT_ACL_CHECK, so the
+ * receive checks recognise the message by its payload pointer (the stored message's own buffer),
+ * length, topic and a hash of the payload. */
+typedef struct {
+	bool active;
+	const void *payload;
+	uint32_t payloadlen;
+	uint64_t hash;
+	char *topic;
+	char *deliver_to;
+} target_t;
+
 typedef struct {
 	dev_t dev;
 	ino_t ino;
@@ -426,6 +445,8 @@ static struct {
 
 	sbuf exp_chars; /* expansion buffers for pattern matching */
 	sbuf exp_wild;
+
+	target_t target;
 } g;
 
 static const char *R_CLIENT_INITIATED = "CLIENT_INITIATED_DISCONNECT";
@@ -1252,6 +1273,239 @@ static bool topic_within_limits(const char *topic, bool is_filter)
 	return slashes <= MAX_TOPIC_SLASHES;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* requester identity and addressed responses                                                  */
+
+static bool is_service(const reg_row *row)
+{
+	return row && !strcmp(row->role, ROLE_SERVICE);
+}
+
+static bool is_reserved_key(const char *name)
+{
+	return !strcmp(name, PROP_CLIENT_ID) || !strcmp(name, PROP_DELIVER_TO);
+}
+
+/* Reads the user property at p (a node of a list). The strings are calloc()ed copies (free()
+ * them; 2.0.11 uses plain calloc there) and never NULL on success. */
+static bool read_user_property(const mosquitto_property *p, char **name, char **value)
+{
+	*name = *value = NULL;
+	if(mosquitto_property_identifier(p) != MQTT_PROP_USER_PROPERTY) return false;
+	if(!mosquitto_property_read_string_pair(p, MQTT_PROP_USER_PROPERTY, name, value, false)){
+		free(*name);
+		free(*value);
+		*name = *value = NULL;
+		return false;
+	}
+	if(!*name) *name = xstrdup("");
+	if(!*value) *value = xstrdup("");
+	return true;
+}
+
+/* Looks for user properties named `key` (first value into *first_value when not NULL) and for
+ * any reserved user property. */
+static bool props_find(const mosquitto_property *list, const char *key, char **first_value,
+		bool *any_reserved)
+{
+	bool found = false;
+	if(first_value) *first_value = NULL;
+	if(any_reserved) *any_reserved = false;
+	for(const mosquitto_property *p = list; p; p = mosquitto_property_next(p)){
+		char *name, *value;
+		if(!read_user_property(p, &name, &value)) continue;
+		if(any_reserved && is_reserved_key(name)) *any_reserved = true;
+		if(key && !strcmp(name, key)){
+			if(!found && first_value){
+				*first_value = value;
+				value = NULL;
+			}
+			found = true;
+		}
+		free(name);
+		free(value);
+	}
+	return found;
+}
+
+/* Appends a copy of property p to *dst (the value types a PUBLISH can carry). */
+static int prop_copy(mosquitto_property **dst, const mosquitto_property *p)
+{
+	int id = mosquitto_property_identifier(p);
+	int rc = MOSQ_ERR_NOT_SUPPORTED;
+	switch(id){
+		case MQTT_PROP_PAYLOAD_FORMAT_INDICATOR: {
+			uint8_t v;
+			if(mosquitto_property_read_byte(p, id, &v, false)) rc = mosquitto_property_add_byte(dst, id, v);
+			break;
+		}
+		case MQTT_PROP_TOPIC_ALIAS: {
+			uint16_t v;
+			if(mosquitto_property_read_int16(p, id, &v, false)) rc = mosquitto_property_add_int16(dst, id, v);
+			break;
+		}
+		case MQTT_PROP_MESSAGE_EXPIRY_INTERVAL: {
+			uint32_t v;
+			if(mosquitto_property_read_int32(p, id, &v, false)) rc = mosquitto_property_add_int32(dst, id, v);
+			break;
+		}
+		case MQTT_PROP_SUBSCRIPTION_IDENTIFIER: {
+			uint32_t v;
+			if(mosquitto_property_read_varint(p, id, &v, false)) rc = mosquitto_property_add_varint(dst, id, v);
+			break;
+		}
+		case MQTT_PROP_CONTENT_TYPE:
+		case MQTT_PROP_RESPONSE_TOPIC: {
+			char *v = NULL;
+			if(mosquitto_property_read_string(p, id, &v, false)){
+				rc = mosquitto_property_add_string(dst, id, v ? v : "");
+			}
+			free(v);
+			break;
+		}
+		case MQTT_PROP_CORRELATION_DATA: {
+			void *v = NULL;
+			uint16_t len = 0;
+			if(mosquitto_property_read_binary(p, id, &v, &len, false)){
+				rc = mosquitto_property_add_binary(dst, id, v, len);
+			}
+			free(v);
+			break;
+		}
+		case MQTT_PROP_USER_PROPERTY: {
+			char *name, *value;
+			if(read_user_property(p, &name, &value)){
+				rc = mosquitto_property_add_string_pair(dst, id, name, value);
+				free(name);
+				free(value);
+			}
+			break;
+		}
+		default:
+			break;
+	}
+	return rc;
+}
+
+/*
+ * Removes user properties: every reserved one (all_reserved) or only those named `key`.
+ * libmosquitto 2.0.11 has no call to unlink one property, so the list is rebuilt in order and
+ * the old one freed; the message store takes whatever list the event holds afterwards.
+ */
+static void props_strip(mosquitto_property **list, const char *key, bool all_reserved)
+{
+	mosquitto_property *out = NULL;
+	for(const mosquitto_property *p = *list; p; p = mosquitto_property_next(p)){
+		char *name, *value;
+		if(read_user_property(p, &name, &value)){
+			bool drop = all_reserved ? is_reserved_key(name) : !strcmp(name, key);
+			free(name);
+			free(value);
+			if(drop) continue;
+		}
+		int rc = prop_copy(&out, p);
+		if(rc != MOSQ_ERR_SUCCESS){
+			mosquitto_log_printf(MOSQ_LOG_WARNING,
+					"iotcore: could not copy MQTT property %d of a PUBLISH (%d): dropped it",
+					mosquitto_property_identifier(p), rc);
+		}
+	}
+	mosquitto_property_free_all(list);
+	*list = out;
+}
+
+static void target_clear(void)
+{
+	free(g.target.topic);
+	free(g.target.deliver_to);
+	memset(&g.target, 0, sizeof(g.target));
+}
+
+/* Remember an addressed message of the service for the receive checks that route it. */
+static void target_set(struct mosquitto_evt_message *ed, char *deliver_to)
+{
+	if(!ed->payload){
+		/* An empty payload has no buffer: give it one so the pointer identifies it. */
+		char *buf = mosquitto_malloc(1);
+		if(buf){
+			buf[0] = '\0';
+			ed->payload = buf;
+			ed->payloadlen = 0;
+		}
+	}
+	if(ed->retain){
+		/* A retained copy would reach later subscribers without this check. */
+		mosquitto_log_printf(MOSQ_LOG_INFO,
+				"iotcore: %s for client %s is addressed: not retained", ed->topic, deliver_to);
+		ed->retain = false;
+	}
+	g.target.active = true;
+	g.target.payload = ed->payload;
+	g.target.payloadlen = ed->payloadlen;
+	g.target.hash = hash_bytes(ed->payload ? ed->payload : "", ed->payloadlen);
+	g.target.topic = xstrdup(ed->topic);
+	g.target.deliver_to = deliver_to;
+}
+
+/* True when the message a receive check is about was addressed to another client. */
+static bool target_excludes(const struct mosquitto_evt_acl_check *ed, const reg_row *row,
+		const char *client_id)
+{
+	const target_t *t = &g.target;
+	if(!t->active || ed->payload != t->payload || ed->payloadlen != t->payloadlen) return false;
+	if(!ed->topic || strcmp(ed->topic, t->topic)) return false;
+	if(hash_bytes(ed->payload ? ed->payload : "", ed->payloadlen) != t->hash) return false;
+	if(is_service(row)) return false;
+	return strcmp(client_id, t->deliver_to) != 0;
+}
+
+/*
+ * MOSQ_EVT_MESSAGE: every PUBLISH from a client, after the publish ACL check and before it is
+ * stored and routed (mosquitto 2.0.11 routes QoS 0/1 synchronously right after this callback,
+ * running MOSQ_EVT_ACL_CHECK/READ once per matching subscription; QoS 2 is refused earlier by
+ * max_qos 1). ed->properties is the stored message's list (NULL for MQTT 3.1.1): mosquitto
+ * stores whatever list the event holds afterwards and frees it with the message.
+ */
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	(void)event;
+	(void)userdata;
+
+	target_clear();
+	const reg_row *row = registry_lookup(mosquitto_client_username(ed->client));
+	const char *client_id = mosquitto_client_id(ed->client);
+
+	if(is_service(row)){
+		char *deliver_to = NULL;
+		if(props_find(ed->properties, PROP_DELIVER_TO, &deliver_to, NULL)){
+			/* IoT Core sends the response without it */
+			props_strip(&ed->properties, PROP_DELIVER_TO, false);
+			target_set(ed, deliver_to);
+		}
+		return MOSQ_ERR_SUCCESS;
+	}
+
+	bool reserved = false;
+	props_find(ed->properties, NULL, NULL, &reserved);
+	if(reserved){
+		mosquitto_log_printf(MOSQ_LOG_INFO,
+				"iotcore: removed reserved user properties (" PROP_CLIENT_ID ", " PROP_DELIVER_TO
+				") from a PUBLISH of client %s to %s", client_id ? client_id : "?", ed->topic);
+		props_strip(&ed->properties, NULL, true);
+	}
+	if(client_id && !strncmp(ed->topic, "$aws/", 5)){
+		int rc = mosquitto_property_add_string_pair(&ed->properties, MQTT_PROP_USER_PROPERTY,
+				PROP_CLIENT_ID, client_id);
+		if(rc != MOSQ_ERR_SUCCESS){
+			mosquitto_log_printf(MOSQ_LOG_WARNING,
+					"iotcore: could not add " PROP_CLIENT_ID " to a PUBLISH of client %s (%d)",
+					client_id, rc);
+		}
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *ed = event_data;
@@ -1288,6 +1542,8 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 				client_id, ed->payloadlen, ed->topic, g.max_payload);
 		return MOSQ_ERR_PAYLOAD_SIZE;
 	}
+
+	if(action == ACT_RECEIVE && target_excludes(ed, row, client_id)) return MOSQ_ERR_ACL_DENIED;
 
 	bool allowed = false;
 	if(action == ACT_RECEIVE || topic_within_limits(ed->topic, action == ACT_SUBSCRIBE)){
@@ -1349,6 +1605,8 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	(void)userdata;
+	/* a message is routed within the callback that saw it: nothing addressed is pending now */
+	target_clear();
 	long long now = now_ms_monotonic();
 	if(now - g.last_check_ms >= g.check_interval_ms){
 		g.last_check_ms = now;
@@ -1429,6 +1687,7 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	int rc;
 	if((rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL))
 			|| (rc = mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL))
+			|| (rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, on_message, NULL, NULL))
 			|| (rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, on_disconnect, NULL, NULL))
 			|| (rc = mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, NULL))
 			|| (rc = mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, on_reload, NULL, NULL))){
@@ -1448,6 +1707,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	if(g.id){
 		mosquitto_callback_unregister(g.id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 		mosquitto_callback_unregister(g.id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
+		mosquitto_callback_unregister(g.id, MOSQ_EVT_MESSAGE, on_message, NULL);
 		mosquitto_callback_unregister(g.id, MOSQ_EVT_DISCONNECT, on_disconnect, NULL);
 		mosquitto_callback_unregister(g.id, MOSQ_EVT_TICK, on_tick, NULL);
 		mosquitto_callback_unregister(g.id, MOSQ_EVT_RELOAD, on_reload, NULL);
@@ -1461,6 +1721,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	policy_free(&g.pol);
 	free(g.exp_chars.p);
 	free(g.exp_wild.p);
+	target_clear();
 	free(g.registry_path);
 	free(g.policies_path);
 	free(g.log_path);
