@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud_stubs._core import LocalIoTCore
-from cloud_stubs._service_client import tls_context
+from cloud_stubs._service_client import NODELAY, tls_context
 from cloud_stubs.broker import BrokerKind
 
 __all__ = ["run_demo"]
@@ -61,6 +61,7 @@ async def run_demo(
                 identifier=thing,
                 protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
                 tls_context=tls_context(ident.ca_file, ident.cert_file, ident.key_file),
+                socket_options=NODELAY,
             )
             async with device:
                 console.print(f"device connected with client id {thing} (mutual TLS)")

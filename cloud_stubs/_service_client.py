@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import uuid
 from typing import TYPE_CHECKING
@@ -14,7 +15,10 @@ from cloud_stubs._paths import SERVICE_CLIENT_PREFIX
 if TYPE_CHECKING:
     from cloud_stubs._paths import StatePaths
 
-__all__ = ["service_client", "tls_context"]
+__all__ = ["NODELAY", "service_client", "tls_context"]
+
+#: Socket option that turns Nagle's algorithm off (pass to aiomqtt's ``socket_options``).
+NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 def tls_context(
@@ -47,4 +51,7 @@ def service_client(
         tls_context=tls_context(paths.ca_cert, paths.service_cert, paths.service_key),
         keepalive=60,
         max_queued_incoming_messages=max_queued_incoming_messages,
+        max_inflight_messages=1000,
+        # paho leaves Nagle on; with delayed ACKs that adds ~40 ms per QoS 1 exchange.
+        socket_options=NODELAY,
     )

@@ -1,7 +1,9 @@
 """The mosquitto backend: a real mosquitto process with the stub's C plugin.
 
 ``MosquittoBroker`` writes ``DIR/broker/mosquitto.conf``, starts ``mosquitto -c`` as a child
-process and stops it again. Identity, authorization and lifecycle events come from the plugin
+process and stops it again. Identity, authorization, lifecycle events and the services'
+requester identity (the ``x-iot-client-id`` user property on device requests, delivery of
+responses carrying ``x-iot-deliver-to`` to that one client) come from the plugin
 (``plugin/iotcore_plugin.c``, see the comment block at its top for what it does and where it still
 differs from AWS IoT Core), which reads ``DIR/broker/registry.tsv`` and ``DIR/broker/policies.tsv``
 and re-reads them when they change, so registry changes apply without a restart.

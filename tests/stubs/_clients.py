@@ -13,7 +13,7 @@ from awscrt import mqtt, mqtt5
 from awsiot import mqtt5_client_builder, mqtt_connection_builder
 
 from cloud_stubs import LocalIoTCore, ThingIdentity
-from cloud_stubs._service_client import tls_context
+from cloud_stubs._service_client import NODELAY, tls_context
 
 
 def mqtt5_supported(core: LocalIoTCore) -> bool:
@@ -35,6 +35,7 @@ def aiomqtt_device(
         protocol=aiomqtt.ProtocolVersion.V5 if use5 else aiomqtt.ProtocolVersion.V311,
         tls_context=tls_context(ident.ca_file, ident.cert_file, ident.key_file),
         timeout=10,
+        socket_options=NODELAY,
     )
 
 
@@ -61,7 +62,11 @@ def crt5_device(
         loop.call_soon_threadsafe(dev_box["d"].received.put_nowait, (p.topic, bytes(p.payload)))
 
     def on_success(data: mqtt5.LifecycleConnectSuccessData) -> None:
-        loop.call_soon_threadsafe(lambda: connected.done() or connected.set_result(data))
+        def ok() -> None:
+            if not connected.done():
+                connected.set_result(data)
+
+        loop.call_soon_threadsafe(ok)
 
     def on_failure(data: mqtt5.LifecycleConnectFailureData) -> None:
         def fail() -> None:

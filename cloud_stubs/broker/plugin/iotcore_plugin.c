@@ -42,6 +42,19 @@
  * - Lifecycle events $aws/events/presence/{connected,disconnected}/<clientId> (QoS 1, not
  *   retained) with IoT Core's JSON fields; versionNumber counts per client id from 0 (in memory,
  *   forgotten after an hour without a connection, like IoT Core's reset).
+ * - Requester identity and private responses, for the stub's services (one privileged MQTT 5
+ *   client of role `service`, cloud_stubs/services/_runtime.py), from MOSQ_EVT_MESSAGE (every
+ *   client PUBLISH, before it is stored and routed):
+ *   - a PUBLISH of any other role loses every user property named x-iot-client-id or
+ *     x-iot-deliver-to (on every topic: they cannot be forged), and a PUBLISH of theirs to a
+ *     topic starting with `$aws/` gets the user property x-iot-client-id = the publisher's
+ *     client id, also when it came over MQTT 3.1.1 (MQTT 5 subscribers see it);
+ *   - a service PUBLISH carrying x-iot-deliver-to = X is delivered to the client with client id
+ *     X only (and to every service-role subscriber), the way IoT Core answers only the requester
+ *     for Jobs and Fleet Provisioning responses; the property itself is removed, as IoT Core
+ *     sends none. mosquitto 2.0.11 gives MOSQ_EVT_ACL_CHECK no properties, so the message is
+ *     remembered in MOSQ_EVT_MESSAGE and recognised in the receive checks that route it
+ *     (synchronously, right after) by its stored payload buffer, length, topic and payload hash.
  *
  * Differences from AWS IoT Core that remain (for the stub's documentation)
  * ------------------------------------------------------------------------
@@ -75,6 +88,14 @@
  *   AUTH_ERROR, other administrative kicks -> SERVER_INITIATED_DISCONNECT. Without the log file
  *   (plugin_opt_log) every unexplained disconnect is CONNECTION_LOST.
  * - No connect-failure, subscribe/unsubscribe lifecycle events; no thingName field.
+ * - x-iot-client-id (IoT Core adds no user property) is on the stored message, so every MQTT 5
+ *   subscriber of a device's `$aws/` publish sees it, not only the service (e.g. a device
+ *   subscribed to its own shadow/update). Devices' own user properties named x-iot-client-id /
+ *   x-iot-deliver-to are dropped on every topic (IoT Core passes them through).
+ * - A service message addressed with x-iot-deliver-to is never retained (the retain flag is
+ *   cleared: a retained copy would later reach every subscriber). Responses that IoT Core sends
+ *   to the requester only but that the service publishes without x-iot-deliver-to (e.g. from an
+ *   MQTT 3.1.1 service connection, which has no properties) reach every authorized subscriber.
  * - Not enforced: 8 filters per SUBSCRIBE, 50 subscriptions per connection, publish rate and
  *   throughput quotas, 1 CONNECT/s per client id, keep-alive lower bound (30 s) and, for
  *   MQTT 3.1.1, the 1200 s upper bound (mosquitto clamps it for MQTT 5 only).
