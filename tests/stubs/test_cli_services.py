@@ -203,3 +203,19 @@ async def _drive(proc: subprocess.Popen[str], sd: Path, broker: str) -> None:
     )
     assert code == 0
     assert json.loads(out)["port"] == ep["port"]
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_command_runs_end_to_end(tmp_path: Path, broker: str) -> None:
+    """What ./scripts/demo runs: stub up, one device with its own certificate, telemetry."""
+    exe = [sys.executable, "-c", "from cloud_stubs.cli import main; main()"]
+    done = subprocess.run(
+        [*exe, "demo", "--count", "5", "--broker", broker, "--state-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "5/5 telemetry messages received by the stub" in done.stdout
+    assert "presence event: connected demo-robot-1" in done.stdout
