@@ -19,12 +19,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
 from certs import (
     CertificateAuthority,
     CertsError,
     KeyType,
     generate_private_key,
-    private_key_to_pem,
 )
 from cloud_stubs._errors import CloudStubError, NotFoundError
 from cloud_stubs._paths import StatePaths
@@ -139,7 +140,12 @@ class ProvisioningService:
             from certs import create_csr  # noqa: PLC0415 - keep the import local to the thread
 
             issued = self._ca.sign_csr(create_csr(key, "provisioned-device"))
-            return issued.cert_pem, private_key_to_pem(key), issued.certificate_id
+            pkcs1 = key.private_bytes(  # "-----BEGIN RSA PRIVATE KEY-----", as AWS returns
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+            return issued.cert_pem, pkcs1, issued.certificate_id
 
         cert_pem, key_pem, cert_id = await asyncio.to_thread(make)
         self._registry.register_certificate(

@@ -47,9 +47,12 @@ Point of §7 -> tests (module::test):
     test_jobs_sdk::test_p11_pending_lists_order_and_head_changes.
 12. notify / notify-next rules, jobDocument an object:
     test_jobs_sdk::test_p12_sdk_service_test_sequence (spec §3.4),
-    test_jobs_sdk::test_p12_describe_next_and_by_id.
-13. Jobs update responses only to the requester:
-    test_jobs_wire::test_p13_update_responses_go_only_to_the_requester.
+    test_jobs_sdk::test_p12_describe_next_and_by_id,
+    test_jobs_sdk::test_p12_starting_a_non_head_job_makes_it_the_head.
+13. Jobs update responses only to the requester (once, even without a subscription):
+    test_jobs_wire::test_p13_response_reaches_a_requester_without_subscription,
+    test_jobs_wire::test_p13_update_responses_are_not_fanned_out,
+    test_jobs_wire::test_p13_requester_gets_exactly_one_response.
 14. QoS <= 1, ``a/#`` vs ``a``, retained for exact filters, limits:
     test_broker_points::test_p14_hash_does_not_match_the_parent_level,
     test_broker_points::test_p14_qos_is_at_most_one,

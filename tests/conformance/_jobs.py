@@ -11,5 +11,5 @@ from cloud_stubs import LocalIoTCore
 async def create_job(
     cloud: LocalIoTCore, job_id: str, things: Sequence[str], document: dict[str, Any]
 ) -> None:
-    """CreateJob (snapshot) targeting ``things`` with ``document``."""
-    raise NotImplementedError("the jobs control plane is not exposed yet")
+    """CreateJob (snapshot) targeting ``things``; its notifications are out on return."""
+    await cloud.jobs_control("create", job_id=job_id, things=list(things), document=document)

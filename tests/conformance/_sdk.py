@@ -32,6 +32,7 @@ from awsiot import (
 from cloud_stubs import LocalIoTCore, ThingIdentity
 
 __all__ = [
+    "MOSQUITTO_DUPLICATES_V5",
     "TIMEOUT",
     "Credentials",
     "EventStream",
@@ -51,6 +52,7 @@ __all__ = [
     "request_json",
     "rr_options",
     "sdk_connection",
+    "suback_codes",
     "write_identity",
 ]
 
@@ -59,6 +61,12 @@ TIMEOUT = 10.0
 
 QUIET = 0.4
 """How long to listen for a message that must *not* arrive."""
+
+MOSQUITTO_DUPLICATES_V5 = (
+    "stub bug: mosquitto 2.0.11 delivers one copy per matching subscription to MQTT 5 "
+    "clients (MQTT 3.1.1 clients get one), whatever 'allow_duplicate_messages' says, and "
+    "iotcore_plugin.c does not deduplicate (spec §7.2: exactly once per connection)"
+)
 
 
 @dataclass(frozen=True)
@@ -254,12 +262,27 @@ def raw_client(
     )
 
 
+def _decoded(payload: bytes) -> Any:
+    """Parsed JSON; ``None`` for an empty payload, the raw bytes for anything else."""
+    if not payload:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return payload
+
+
+def suback_codes(granted: Any) -> list[int]:
+    """SUBACK codes as ints, whatever paho/aiomqtt hands back (ReasonCode or int)."""
+    return [int(getattr(code, "value", code)) for code in granted]
+
+
 async def next_json(client: aiomqtt.Client, timeout: float = TIMEOUT) -> tuple[str, Any]:
     """Next message as (topic, parsed JSON)."""
     async with asyncio.timeout(timeout):
         async for msg in client.messages:
             assert isinstance(msg.payload, bytes)
-            return str(msg.topic), json.loads(msg.payload)
+            return str(msg.topic), _decoded(msg.payload)
     raise AssertionError("message iterator ended")
 
 
@@ -270,7 +293,7 @@ async def collect(client: aiomqtt.Client, duration: float) -> list[tuple[str, An
         async with asyncio.timeout(duration):
             async for msg in client.messages:
                 assert isinstance(msg.payload, bytes)
-                out.append((str(msg.topic), json.loads(msg.payload) if msg.payload else None))
+                out.append((str(msg.topic), _decoded(msg.payload)))
     return out
 
 

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
 
 import aiomqtt
 import pytest
@@ -31,16 +30,12 @@ from tests.conformance._sdk import (
     raw_crt5,
     rr_options,
     sdk_connection,
+    suback_codes,
     xfail_on,
 )
 
 NOT_AUTHORIZED = 0x87
 V311_FAILURE = 0x80
-
-
-def _codes(granted: Any) -> list[int]:
-    """SUBACK codes as ints, whatever paho/aiomqtt hands back (ReasonCode or int)."""
-    return [int(getattr(code, "value", code)) for code in granted]
 
 
 async def _assert_dropped(client: aiomqtt.Client, timeout: float = TIMEOUT) -> None:
@@ -64,13 +59,13 @@ async def test_p16_v311_policy_literal_wildcards_and_spanning_star(cloud: LocalI
     cloud.create_thing("pol-b")
     async with raw_client(cloud, device_creds(ident), v5=False) as dev:
         # `+`/`#` are literal in policy resources: a `+` in the thing position is not "me"
-        assert _codes(await dev.subscribe("$aws/things/+/shadow/get/accepted", qos=1)) == [
+        assert suback_codes(await dev.subscribe("$aws/things/+/shadow/get/accepted", qos=1)) == [
             V311_FAILURE
         ]
-        assert _codes(await dev.subscribe("$aws/things/pol-b/shadow/get/+", qos=1)) == [
+        assert suback_codes(await dev.subscribe("$aws/things/pol-b/shadow/get/+", qos=1)) == [
             V311_FAILURE
         ]
-        assert _codes(await dev.subscribe("#", qos=1)) == [V311_FAILURE]
+        assert suback_codes(await dev.subscribe("#", qos=1)) == [V311_FAILURE]
         # ... while the literal filters the SDK sends match `shadow/*` (and `*` spans levels)
         for allowed in (
             "$aws/things/pol-a/shadow/get/+",
@@ -79,7 +74,7 @@ async def test_p16_v311_policy_literal_wildcards_and_spanning_star(cloud: LocalI
             "$aws/things/pol-a/shadow/#",
             "dt/pol-a/#",
         ):
-            assert _codes(await dev.subscribe(allowed, qos=1)) == [1], allowed
+            assert suback_codes(await dev.subscribe(allowed, qos=1)) == [1], allowed
         # a denied SUBSCRIBE leaves the connection up
         await _roundtrip(dev, "dt/pol-a/still-here")
         # a denied PUBLISH on MQTT 3.1.1 hangs up (§6.3)
@@ -168,14 +163,18 @@ async def test_p16_claim_identity_is_limited_to_provisioning_topics(
     claim = issue_claim(cloud.registry, load_ca(cloud.paths), "claim")
     creds = Credentials(claim.cert_file, claim.key_file, claim.ca_file, "claimer")
     async with raw_client(cloud, creds, v5=False) as dev:
-        assert _codes(await dev.subscribe("$aws/certificates/create/json/accepted", qos=1)) == [1]
-        assert _codes(
+        assert suback_codes(
+            await dev.subscribe("$aws/certificates/create/json/accepted", qos=1)
+        ) == [1]
+        assert suback_codes(
             await dev.subscribe("$aws/provisioning-templates/T/provision/json/rejected", qos=1)
         ) == [1]
-        assert _codes(await dev.subscribe("$aws/things/claimer/shadow/get/+", qos=1)) == [
+        assert suback_codes(await dev.subscribe("$aws/things/claimer/shadow/get/+", qos=1)) == [
             V311_FAILURE
         ]
-        assert _codes(await dev.subscribe("$aws/things/+/jobs/notify", qos=1)) == [V311_FAILURE]
+        assert suback_codes(await dev.subscribe("$aws/things/+/jobs/notify", qos=1)) == [
+            V311_FAILURE
+        ]
         await dev.publish("dt/claimer/telemetry", b"{}", qos=0)
         await _assert_dropped(dev)
     if cloud.endpoint.broker == "mosquitto":
@@ -247,8 +246,8 @@ async def test_p14_hash_does_not_match_the_parent_level(
 async def test_p14_qos_is_at_most_one(cloud: LocalIoTCore) -> None:
     ident = cloud.create_thing("qos")
     async with raw_client(cloud, device_creds(ident)) as dev:
-        assert _codes(await dev.subscribe("dt/qos/two", qos=2)) == [1]
-        assert _codes(await dev.subscribe("dt/qos/zero", qos=0)) == [0]
+        assert suback_codes(await dev.subscribe("dt/qos/two", qos=2)) == [1]
+        assert suback_codes(await dev.subscribe("dt/qos/zero", qos=0)) == [0]
         await dev.publish("dt/qos/two", b"{}", qos=1)
         async with asyncio.timeout(TIMEOUT):
             msg = await anext(aiter(dev.messages))
@@ -299,11 +298,11 @@ async def test_p14_topic_length_and_depth_limits(cloud: LocalIoTCore) -> None:
     ident = cloud.create_thing("deep")
     async with raw_client(cloud, device_creds(ident), v5=False) as dev:
         seven_slashes = "dt/deep/a/b/c/d/e/f"
-        assert _codes(await dev.subscribe(seven_slashes, qos=1)) == [1]
-        assert _codes(await dev.subscribe(seven_slashes + "/g", qos=1)) == [V311_FAILURE]
+        assert suback_codes(await dev.subscribe(seven_slashes, qos=1)) == [1]
+        assert suback_codes(await dev.subscribe(seven_slashes + "/g", qos=1)) == [V311_FAILURE]
         longest = "dt/deep/" + "x" * (256 - len("dt/deep/"))
-        assert _codes(await dev.subscribe(longest, qos=1)) == [1]
-        assert _codes(await dev.subscribe(longest + "x", qos=1)) == [V311_FAILURE]
+        assert suback_codes(await dev.subscribe(longest, qos=1)) == [1]
+        assert suback_codes(await dev.subscribe(longest + "x", qos=1)) == [V311_FAILURE]
         await _roundtrip(dev, seven_slashes)
 
 
@@ -316,7 +315,7 @@ async def test_p14_at_most_8_filters_per_subscribe(cloud: LocalIoTCore) -> None:
     async with raw_client(cloud, device_creds(ident), v5=False) as dev:
         filters = [(f"dt/many/f{i}", 1) for i in range(9)]
         try:
-            codes = _codes(await dev.subscribe(filters))
+            codes = suback_codes(await dev.subscribe(filters))
         except aiomqtt.MqttError:
             return  # refused by closing the connection: fine
         assert V311_FAILURE in codes
@@ -335,9 +334,9 @@ async def test_p14_at_most_50_subscriptions_per_connection(
     ident = cloud.create_thing("subs")
     async with raw_client(cloud, device_creds(ident), v5=False) as dev:
         for i in range(50):
-            assert _codes(await dev.subscribe(f"dt/subs/s{i}", qos=1)) == [1]
+            assert suback_codes(await dev.subscribe(f"dt/subs/s{i}", qos=1)) == [1]
         refused = False
         with contextlib.suppress(aiomqtt.MqttError):
-            refused = _codes(await dev.subscribe("dt/subs/s50", qos=1)) != [1]
+            refused = suback_codes(await dev.subscribe("dt/subs/s50", qos=1)) != [1]
         if not refused:
             await _assert_dropped(dev, 2)

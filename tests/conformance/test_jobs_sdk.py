@@ -253,3 +253,32 @@ async def test_p4_jobs_rejections_carry_string_codes(cloud: LocalIoTCore) -> Non
             assert err.code == "ResourceNotFound"
             assert err.execution_state is None
             _recent(err.timestamp)
+
+
+async def test_p12_starting_a_non_head_job_makes_it_the_head(cloud: LocalIoTCore) -> None:
+    """QUEUED -> IN_PROGRESS of a non-head job that thereby becomes head: notify-next only."""
+    ident = cloud.create_thing("hopper")
+    await create_job(cloud, "older", ["hopper"], DOC)
+    await create_job(cloud, "newer", ["hopper"], {"operation": "reboot"})
+    async with sdk_connection(cloud, device_creds(ident)) as conn:
+        jobs = SdkJobs(conn, "hopper")
+        await jobs.open_streams()
+        acc = await await_sdk(
+            jobs.update(
+                "newer", "IN_PROGRESS", expected_version=1, include_job_execution_state=True
+            )
+        )
+        assert acc.execution_state.status == "IN_PROGRESS"
+        assert acc.execution_state.version_number == 2
+        nxt = await jobs.notify_next.next()
+        assert (nxt.execution.job_id, nxt.execution.status) == ("newer", "IN_PROGRESS")
+        await jobs.notify.assert_quiet()  # membership did not change
+        pending = await await_sdk(jobs.pending())
+        assert [s.job_id for s in pending.in_progress_jobs] == ["newer"]
+        assert [s.job_id for s in pending.queued_jobs] == ["older"]
+        # start-next returns the IN_PROGRESS head unchanged
+        started = await await_sdk(jobs.start_next(status_details={"ignored": "yes"}))
+        assert started.execution.job_id == "newer"
+        assert started.execution.version_number == 2
+        assert not started.execution.status_details
+        await jobs.quiet()

@@ -216,6 +216,12 @@ async def test_p4_bad_updates_the_sdk_can_send(cloud: LocalIoTCore) -> None:
         for key in "edcba":
             ok = {key: ok}
         assert (await await_sdk(shadow.update(desired=ok))).version == 1
+        # the 8 KB limit applies to the merged document, not to the request (§2.9)
+        assert (await await_sdk(shadow.update(reported={"a": "x" * 5000}))).version == 2
+        req = shadow.update_request(iotshadow.ShadowState(reported={"b": "y" * 5000}))
+        err = await expect_rejected(shadow.send(req))
+        assert (err.code, err.client_token) == (413, req.client_token)
+        assert (await await_sdk(shadow.get())).version == 2
 
 
 async def test_p7_section_null_and_state_null(cloud: LocalIoTCore) -> None:

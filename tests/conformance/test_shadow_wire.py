@@ -16,6 +16,7 @@ import pytest
 
 from cloud_stubs import LocalIoTCore
 from tests.conformance._sdk import (
+    MOSQUITTO_DUPLICATES_V5,
     TIMEOUT,
     assert_epoch_seconds,
     collect,
@@ -25,12 +26,6 @@ from tests.conformance._sdk import (
 )
 from tests.conformance._sdk import raw_client as device_client
 from tests.conformance._shadow import shadow_prefix
-
-MOSQUITTO_DUPLICATES_V5 = (
-    "stub bug: mosquitto 2.0.11 delivers one copy per matching subscription to MQTT 5 "
-    "clients (MQTT 3.1.1 clients get one), whatever 'allow_duplicate_messages' says, and "
-    "iotcore_plugin.c does not deduplicate (spec §7.2: exactly once per connection)"
-)
 
 
 async def _subscribe_all(client: aiomqtt.Client, prefix: str) -> None:
