@@ -101,7 +101,7 @@ class _LocalCA:
         return self._issue(thing_name, ExtendedKeyUsageOID.CLIENT_AUTH, None)
 
 
-class TestCA:
+class LocalPki:
     """CA facade used by the fixtures: ``cert_pem``, ``server()``, ``device(name)``."""
 
     def __init__(self) -> None:
