@@ -47,6 +47,7 @@ from device_sdk._outbox import (
     OutboxStatistics,
     OutboxStorageError,
 )
+from device_sdk._request import RequestChannel, Response
 from device_sdk._subscription import Subscription, SubscriptionStatistics, topic_matches
 from device_sdk.transport import (
     ConnectionOptions,
@@ -94,7 +95,9 @@ __all__ = [
     "QoS",
     "ReconnectPolicy",
     "RejectedError",
+    "RequestChannel",
     "RequestTimeoutError",
+    "Response",
     "Subscription",
     "SubscriptionStatistics",
     "SystemClock",

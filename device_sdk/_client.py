@@ -620,6 +620,28 @@ class DeviceClient:
         await transport.publish(topic, data, 0, retain=retain, user_properties=user_properties)
         self._counters["published_qos0"] += 1
 
+    async def send_now(
+        self, topic: str, payload: Payload, qos: QoS = 1, *, wait_s: float = 10.0
+    ) -> None:
+        """Publish without the outbox once connected (waits for the connection first).
+
+        For requests that must not be replayed after a restart or a long outage, such as
+        shadow, jobs and provisioning requests: the caller retries on failure instead.
+
+        Raises:
+            LimitExceededError: Topic or payload breaks an IoT Core limit.
+            ConnectionLostError: The connection dropped before the PUBACK.
+            NegativeAckError: The broker refused the message.
+            TimeoutError: No connection within ``wait_s``.
+        """
+        data = encode_payload(payload)
+        self._limits.validate_publish_topic(topic)
+        self._limits.validate_payload(data)
+        async with asyncio.timeout(wait_s):
+            await self.wait_connected()
+        await self._bucket.acquire()
+        await self.transport.publish(topic, data, qos)
+
     async def drain(self) -> None:
         """Wait until every QoS 1 message in the outbox has been acknowledged."""
         await self.outbox.wait_empty()

@@ -109,6 +109,8 @@ class ConnectionOptions:
         receive_buffer: Capacity of the inbound message buffer; excess messages are dropped
             and counted (see :class:`TransportStatistics`).
         max_inflight: Outbound QoS 1 messages awaiting PUBACK at the transport (IoT Core: 100).
+        mqtt_version: 5 (default) or 3 for MQTT 3.1.1 (paho transport only; user properties,
+            session expiry and will properties are not sent on 3.1.1).
     """
 
     keepalive_s: int = 60
@@ -121,6 +123,7 @@ class ConnectionOptions:
     client_id: str | None = None
     receive_buffer: int = 1000
     max_inflight: int = 100
+    mqtt_version: Literal[3, 5] = 5
 
     def __post_init__(self) -> None:
         if not 1 <= self.keepalive_s <= 65535:  # noqa: PLR2004
