@@ -223,16 +223,7 @@ async def test_p15_mqtt5_old_connection_gets_disconnect_0x8e(
 # -- §7.14 QoS, filters, retained, limits ---------------------------------------------------
 
 
-async def test_p14_hash_does_not_match_the_parent_level(
-    cloud: LocalIoTCore, request: pytest.FixtureRequest
-) -> None:
-    xfail_on(
-        request,
-        cloud,
-        "mosquitto",
-        "stub bug: mosquitto follows MQTT (`a/#` matches `a`) and iotcore_plugin.c does not "
-        "filter it out; IoT Core does not deliver `sensor` to `sensor/#` (§5.3, §7.14)",
-    )
+async def test_p14_hash_does_not_match_the_parent_level(cloud: LocalIoTCore) -> None:
     ident = cloud.create_thing("sensor")
     async with raw_client(cloud, device_creds(ident)) as dev:
         await dev.subscribe("dt/sensor/temp/#", qos=1)
@@ -254,16 +245,7 @@ async def test_p14_qos_is_at_most_one(cloud: LocalIoTCore) -> None:
         assert msg.qos == 1
 
 
-async def test_p14_retained_messages_only_for_exact_filters(
-    cloud: LocalIoTCore, request: pytest.FixtureRequest
-) -> None:
-    xfail_on(
-        request,
-        cloud,
-        "mosquitto",
-        "stub bug: mosquitto sends stored retained messages to wildcard subscriptions too; "
-        "IoT Core only to a filter equal to the topic (§5.5, §7.14)",
-    )
+async def test_p14_retained_messages_only_for_exact_filters(cloud: LocalIoTCore) -> None:
     ident = cloud.create_thing("ret")
     async with raw_client(cloud, device_creds(ident)) as dev:
         await dev.publish("dt/ret/config", b'{"v": 1}', qos=1, retain=True)
@@ -321,16 +303,7 @@ async def test_p14_at_most_8_filters_per_subscribe(cloud: LocalIoTCore) -> None:
         assert V311_FAILURE in codes
 
 
-async def test_p14_at_most_50_subscriptions_per_connection(
-    cloud: LocalIoTCore, request: pytest.FixtureRequest
-) -> None:
-    xfail_on(
-        request,
-        cloud,
-        "mosquitto",
-        "documented deviation (iotcore_plugin.c header): 50 subscriptions per connection "
-        "is not enforced on mosquitto",
-    )
+async def test_p14_at_most_50_subscriptions_per_connection(cloud: LocalIoTCore) -> None:
     ident = cloud.create_thing("subs")
     async with raw_client(cloud, device_creds(ident), v5=False) as dev:
         for i in range(50):

@@ -18,7 +18,6 @@ from cloud_stubs._policy import (
 )
 from tests.conformance._jobs import create_job
 from tests.conformance._sdk import (
-    MOSQUITTO_DUPLICATES_V5,
     assert_epoch_seconds,
     collect,
     device_creds,
@@ -96,10 +95,7 @@ async def test_p13_update_responses_are_not_fanned_out(
     assert f"{base}/job-r/update/accepted" not in seen, seen
 
 
-async def test_p13_requester_gets_exactly_one_response(
-    cloud: LocalIoTCore, request: pytest.FixtureRequest
-) -> None:
-    xfail_on(request, cloud, "mosquitto", MOSQUITTO_DUPLICATES_V5)
+async def test_p13_requester_gets_exactly_one_response(cloud: LocalIoTCore) -> None:
     ident = cloud.create_thing("solo")
     await create_job(cloud, "job-r", ["solo"], DOC)
     base = "$aws/things/solo/jobs"

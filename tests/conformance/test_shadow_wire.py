@@ -12,11 +12,9 @@ import time
 from typing import Any
 
 import aiomqtt
-import pytest
 
 from cloud_stubs import LocalIoTCore
 from tests.conformance._sdk import (
-    MOSQUITTO_DUPLICATES_V5,
     TIMEOUT,
     assert_epoch_seconds,
     collect,
@@ -331,7 +329,6 @@ async def test_p2_plus_filters_and_one_copy_per_connection_v311(cloud: LocalIoTC
     await _overlapping_filters_deliver_once(cloud, v5=False)
 
 
-@pytest.mark.xfail(strict=True, reason=MOSQUITTO_DUPLICATES_V5)
 async def test_p2_plus_filters_and_one_copy_per_connection_mqtt5(
     cloud_mosquitto: LocalIoTCore,
 ) -> None:

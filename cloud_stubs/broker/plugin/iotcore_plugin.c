@@ -55,6 +55,28 @@
  *     sends none. mosquitto 2.0.11 gives MOSQ_EVT_ACL_CHECK no properties, so the message is
  *     remembered in MOSQ_EVT_MESSAGE and recognised in the receive checks that route it
  *     (synchronously, right after) by its stored payload buffer, length, topic and payload hash.
+ * - Subscriptions, IoT Core style. mosquitto 2.0.11 runs one receive check (MOSQ_ACL_READ) per
+ *   matching subscription and tells a plugin neither which subscription it is for nor what a
+ *   client is subscribed to, so the plugin keeps each session's filters itself (per client id,
+ *   from the subscribe/unsubscribe checks; they outlive the connection like a persistent
+ *   session; at a connection's first ACL check an empty subscription table of mosquitto's -
+ *   mosquitto_client_sub_count() 0 - means a new session and clears them):
+ *   - one copy per connection (§7.2): a message is routed synchronously, all its receive checks
+ *     in a row with the stored message's payload buffer, length, topic, QoS and retain flag, and
+ *     any other plugin callback comes before the next routing (MOSQ_EVT_MESSAGE for a client
+ *     PUBLISH, the WRITE check of a will, BASIC_AUTH before a resumed session's queue is
+ *     re-checked, TICK before the plugin's own publishes - presence events - are routed at the
+ *     start of the next loop). The first receive check of a connection (or offline session) for
+ *     the routed message is allowed, later ones are denied. mosquitto already did this for
+ *     MQTT 3.1.1 clients (allow_duplicate_messages false), not for MQTT 5 ones;
+ *   - `a/#` does not match `a` (§5.3): a receive check is denied when none of the session's
+ *     filters matches the topic the IoT Core way;
+ *   - retained messages only for a filter equal to the topic, none for `$share/` (§5.5): the
+ *     receive checks of the stored retained messages follow the subscribe check of their filter
+ *     synchronously (handle__subscribe -> sub__add -> retain__queue);
+ *   - at most 50 subscriptions per session for every role but `service` (§5.7): the 51st filter
+ *     is denied (SUBACK 0x87, MQTT 3.1.1 0x80); a filter already subscribed does not count again,
+ *     an unsubscribe frees its place.
  *
  * Differences from AWS IoT Core that remain (for the stub's documentation)
  * ------------------------------------------------------------------------
@@ -96,9 +118,22 @@
  *   cleared: a retained copy would later reach every subscriber). Responses that IoT Core sends
  *   to the requester only but that the service publishes without x-iot-deliver-to (e.g. from an
  *   MQTT 3.1.1 service connection, which has no properties) reach every authorized subscriber.
- * - Not enforced: 8 filters per SUBSCRIBE, 50 subscriptions per connection, publish rate and
- *   throughput quotas, 1 CONNECT/s per client id, keep-alive lower bound (30 s) and, for
- *   MQTT 3.1.1, the 1200 s upper bound (mosquitto clamps it for MQTT 5 only).
+ * - Not enforced: 8 filters per SUBSCRIBE (the plugin sees each filter's subscribe check but
+ *   not where one SUBSCRIBE packet ends, and several packets can be handled back to back
+ *   without any other callback in between), publish rate and throughput quotas, 1 CONNECT/s per
+ *   client id, keep-alive lower bound (30 s) and, for MQTT 3.1.1, the 1200 s upper bound
+ *   (mosquitto clamps it for MQTT 5 only).
+ * - Subscription quota: the 51st subscription gets SUBACK 0x87 (MQTT 5) / 0x80 (MQTT 3.1.1), the
+ *   connection stays up. It counts the session's subscriptions, so a resumed persistent session
+ *   keeps its count.
+ * - One copy per connection: the copy a client gets has the QoS, subscription identifier and
+ *   retain-as-published option of the first matching subscription mosquitto checks, not
+ *   necessarily the highest QoS. A shared-subscription group whose chosen member already got the
+ *   message through another subscription delivers it to no other member.
+ * - Subscriptions of a persistent session the plugin does not know (the broker restarted from
+ *   its persistence file, or the session outlived the plugin's one-hour record of the client
+ *   id) follow MQTT matching (`a/#` matches `a`) until the client starts a new session; they do
+ *   not count towards the 50 either.
  */
 
 #include <errno.h>
@@ -125,6 +160,7 @@
 #define MAX_CLIENT_ID 128
 #define MAX_TOPIC_BYTES 256
 #define MAX_TOPIC_SLASHES 7
+#define MAX_SUBSCRIPTIONS 50 /* per connection (session), device and claim roles */
 
 /* MQTT 5 user properties between the plugin and the stub's services (cloud_stubs/services). */
 #define PROP_CLIENT_ID "x-iot-client-id"
@@ -348,6 +384,26 @@ static void hmap_clear(hmap *m, void (*free_val)(void *))
 	m->nb = m->n = 0;
 }
 
+/* Remove every entry (values are not freed); small bucket arrays are kept for reuse. */
+static void hmap_empty(hmap *m)
+{
+	if(!m->n) return;
+	if(m->nb > 1024){
+		hmap_clear(m, NULL);
+		return;
+	}
+	for(size_t i = 0; i < m->nb; i++){
+		hent *e = m->b[i];
+		while(e){
+			hent *next = e->next;
+			free(e);
+			e = next;
+		}
+		m->b[i] = NULL;
+	}
+	m->n = 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* registry.tsv                                                                                */
 
@@ -400,13 +456,18 @@ typedef struct {
 	long long version;
 	const char *reason; /* set when we know why it will disconnect */
 	bool presence;      /* events for this client id */
+	bool subs_synced;   /* the session's subscriptions were checked (subs_sync) */
 } conn_t;
 
-/* Per client id: lifecycle version counter and the current connection. */
+/* Per client id: lifecycle version counter, the current connection and the subscriptions of its
+ * session (they outlive a connection when the session is persistent). */
 typedef struct {
 	long long next_version;
 	struct mosquitto *current;
 	long long offline_since_ms; /* monotonic; meaningful while current == NULL */
+	hmap filters;               /* topic filter -> (void *)1, as the client sent it */
+	size_t parent_hash_filters; /* how many of them end in "/#" */
+	bool subs_known;            /* filters holds every subscription of the session (or more) */
 } client_rec;
 
 /* IoT Core resets versionNumber after about an hour without a connection. */
@@ -431,6 +492,28 @@ typedef struct {
 	char *topic;
 	char *deliver_to;
 } target_t;
+
+/* The message whose receive checks are running (one per matching subscription of every
+ * subscriber) and the connections that were allowed to receive it: a connection gets one copy,
+ * like on IoT Core (mosquitto gives an MQTT 5 client one per matching subscription). Any other
+ * callback ends it: every routing follows one synchronously (see routing_clear). */
+typedef struct {
+	bool active;
+	const void *payload;
+	uint32_t payloadlen;
+	uint64_t sample; /* hash of the payload's length, first and last bytes */
+	uint8_t qos;
+	bool retain;
+	char *topic;
+	hmap seen; /* struct mosquitto * -> (void *)1 */
+} route_t;
+
+/* The filter of the SUBSCRIBE being handled: mosquitto sends it the stored retained messages
+ * right after the subscribe check (handle__subscribe -> sub__add -> retain__queue). */
+typedef struct {
+	struct mosquitto *client;
+	char *filter;
+} pending_sub_t;
 
 typedef struct {
 	dev_t dev;
@@ -468,6 +551,9 @@ static struct {
 	sbuf exp_wild;
 
 	target_t target;
+	route_t route;
+	pending_sub_t psub;
+	bool in_kick; /* inside mosquitto_kick_client_by_clientid (it re-checks subscriptions) */
 } g;
 
 static const char *R_CLIENT_INITIATED = "CLIENT_INITIATED_DISCONNECT";
@@ -880,6 +966,14 @@ static void conn_free(void *v)
 	free(c);
 }
 
+static void client_rec_free(void *v)
+{
+	client_rec *cr = v;
+	if(!cr) return;
+	hmap_clear(&cr->filters, NULL);
+	free(cr);
+}
+
 /* Forget a connection (and that it is the current one of its client id). */
 static void conn_remove(struct mosquitto *ctx)
 {
@@ -926,7 +1020,10 @@ static void run_kicks(void)
 			mosquitto_log_printf(MOSQ_LOG_NOTICE,
 					"iotcore: disconnecting client %s: certificate %.12s... is no longer ACTIVE",
 					c->client_id, c->cert_id);
+			/* for a persistent session mosquitto re-checks its subscriptions in there */
+			g.in_kick = true;
 			mosquitto_kick_client_by_clientid(kicks[i].client_id, true);
+			g.in_kick = false;
 		}
 		free(kicks[i].client_id);
 	}
@@ -1144,6 +1241,196 @@ static bool has_wildcard_chars(const char *s)
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* subscriptions of a session, one copy per connection, retained messages                     */
+
+/*
+ * mosquitto 2.0.11 tells a plugin neither which subscription a receive check is for nor the
+ * subscriptions of a client, so the plugin keeps them itself (per client id, from the
+ * subscribe / unsubscribe checks) and recognises the message being routed (route_t).
+ */
+
+static client_rec *rec_of(const char *client_id)
+{
+	return client_id ? hmap_get(&g.clients, client_id, strlen(client_id)) : NULL;
+}
+
+static bool ends_in_parent_hash(const char *filter)
+{
+	size_t n = strlen(filter);
+	return n >= 2 && filter[n - 2] == '/' && filter[n - 1] == '#';
+}
+
+/*
+ * The first ACL check of a new connection runs after mosquitto took over (or discarded) the
+ * previous session of its client id, so the context's subscription slots tell which: none means
+ * a session without subscriptions (clean start, expired, new). Otherwise the session was resumed
+ * and the filters remembered for the client id still apply; when the plugin does not know them
+ * (plugin started after the session was made, record pruned) subs_known stays false.
+ */
+static void subs_sync(conn_t *c)
+{
+	c->subs_synced = true;
+	client_rec *cr = rec_of(c->client_id);
+	if(!cr) return;
+	if(mosquitto_client_sub_count(c->ctx) == 0){
+		hmap_empty(&cr->filters);
+		cr->parent_hash_filters = 0;
+		cr->subs_known = true;
+	}
+}
+
+static bool subs_has(client_rec *cr, const char *filter)
+{
+	return hmap_find(&cr->filters, filter, strlen(filter)) != NULL;
+}
+
+static void subs_add(client_rec *cr, const char *filter)
+{
+	if(subs_has(cr, filter)) return;
+	hmap_put(&cr->filters, filter, strlen(filter), (void *)1);
+	if(ends_in_parent_hash(filter)) cr->parent_hash_filters++;
+}
+
+static void subs_forget(const char *client_id, const char *filter)
+{
+	client_rec *cr = rec_of(client_id);
+	if(!cr || !hmap_del(&cr->filters, filter, strlen(filter))) return;
+	if(ends_in_parent_hash(filter)) cr->parent_hash_filters--;
+}
+
+/*
+ * IoT Core's matching: MQTT's, except that `a/#` does not match `a` (§5.3). A filter starting
+ * with a wildcard does not match a `$` topic; `$share/<name>/` is not part of the filter.
+ */
+static bool iot_filter_matches(const char *f, const char *t)
+{
+	if(!strncmp(f, "$share/", 7)){
+		const char *slash = strchr(f + 7, '/');
+		if(!slash) return false;
+		f = slash + 1;
+	}
+	if(t[0] == '$' && (f[0] == '+' || f[0] == '#')) return false;
+	bool t_done = false; /* every topic level was consumed */
+	for(;;){
+		const char *fe = strchr(f, '/');
+		if(!fe) fe = f + strlen(f);
+		if(fe - f == 1 && f[0] == '#') return !t_done; /* `#` needs a level, even empty */
+		if(t_done) return false;
+		const char *te = strchr(t, '/');
+		if(!te) te = t + strlen(t);
+		if(!(fe - f == 1 && f[0] == '+')){
+			if(fe - f != te - t || memcmp(f, t, (size_t)(fe - f))) return false;
+		}
+		if(!*fe) return !*te;
+		f = fe + 1;
+		if(*te) t = te + 1;
+		else t_done = true;
+	}
+}
+
+/* False when the only subscriptions that made mosquitto route `topic` here are `x/#` filters
+ * matching their parent level `x`. */
+static bool subs_deliverable(const char *client_id, const char *topic)
+{
+	client_rec *cr = rec_of(client_id);
+	if(!cr || !cr->subs_known || !cr->parent_hash_filters) return true;
+	for(size_t i = 0; i < cr->filters.nb; i++){
+		for(hent *e = cr->filters.b[i]; e; e = e->next){
+			if(iot_filter_matches(e->key, topic)) return true;
+		}
+	}
+	return false;
+}
+
+/* A subscribe check the policy allowed: count the filter, at most MAX_SUBSCRIPTIONS per
+ * session for devices (a filter already subscribed does not count twice). */
+static bool subs_admit(const char *client_id, const char *filter, bool exempt)
+{
+	client_rec *cr = rec_of(client_id);
+	if(!cr) return true;
+	if(!subs_has(cr, filter)){
+		if(!exempt && cr->filters.n >= MAX_SUBSCRIPTIONS) return false;
+		subs_add(cr, filter);
+	}
+	return true;
+}
+
+static void psub_clear(void)
+{
+	free(g.psub.filter);
+	g.psub.filter = NULL;
+	g.psub.client = NULL;
+}
+
+static void psub_set(struct mosquitto *client, const char *filter)
+{
+	psub_clear();
+	g.psub.client = client;
+	g.psub.filter = xstrdup(filter);
+}
+
+static uint64_t payload_sample(const void *payload, uint32_t len)
+{
+	const unsigned char *b = payload ? payload : (const unsigned char *)"";
+	if(len <= 512) return hash_bytes(b, len);
+	return (hash_bytes(b, 256) * 31) ^ hash_bytes(b + len - 256, 256) ^ len;
+}
+
+static void route_clear(void)
+{
+	free(g.route.topic);
+	g.route.topic = NULL;
+	g.route.active = false;
+	hmap_empty(&g.route.seen);
+}
+
+/* Called by every callback but the receive checks: whatever is routed next is a new message. */
+static void routing_clear(void)
+{
+	route_clear();
+	psub_clear();
+}
+
+static bool route_is(const struct mosquitto_evt_acl_check *ed)
+{
+	const route_t *r = &g.route;
+	return r->active && r->payload == ed->payload && r->payloadlen == ed->payloadlen
+		&& r->qos == ed->qos && r->retain == ed->retain && !strcmp(r->topic, ed->topic)
+		&& r->sample == payload_sample(ed->payload, ed->payloadlen);
+}
+
+/*
+ * A receive check the policy allowed. Retained messages sent for a new subscription go only to
+ * a filter equal to their topic (§5.5); any other delivery needs a subscription that matches
+ * the IoT Core way, and a connection gets one copy of a message however many of its
+ * subscriptions match (§7.2). Offline sessions (queued messages) count like connections.
+ */
+static bool receive_once(const struct mosquitto_evt_acl_check *ed, const char *client_id)
+{
+	struct mosquitto *client = ed->client;
+	if(g.psub.client == client){
+		if(ed->retain){
+			return strncmp(g.psub.filter, "$share/", 7) && !strcmp(g.psub.filter, ed->topic);
+		}
+		psub_clear(); /* not a stored retained message: not the subscription's */
+	}
+	if(!subs_deliverable(client_id, ed->topic)) return false;
+	if(!route_is(ed)){
+		route_clear();
+		g.route.active = true;
+		g.route.payload = ed->payload;
+		g.route.payloadlen = ed->payloadlen;
+		g.route.sample = payload_sample(ed->payload, ed->payloadlen);
+		g.route.qos = ed->qos;
+		g.route.retain = ed->retain;
+		g.route.topic = xstrdup(ed->topic);
+	}
+	if(hmap_find(&g.route.seen, &client, sizeof(client))) return false;
+	hmap_put(&g.route.seen, &client, sizeof(client), (void *)1);
+	return true;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* callbacks                                                                                   */
 
 static int refuse(struct mosquitto *client, const char *client_id, const char *cert_id,
@@ -1167,6 +1454,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
+	routing_clear();
 	const char *client_id = mosquitto_client_id(client);
 	conn_t *existing = conn_get(client);
 	if(existing){
@@ -1250,9 +1538,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	client_rec *cr = hmap_get(&g.clients, client_id, strlen(client_id));
 	if(!cr){
 		cr = xmalloc(sizeof(*cr));
-		cr->next_version = 0;
-		cr->current = NULL;
-		cr->offline_since_ms = 0;
+		memset(cr, 0, sizeof(*cr));
 		hmap_put(&g.clients, client_id, strlen(client_id), cr);
 	}
 	if(cr->current && cr->current != client){
@@ -1494,6 +1780,7 @@ static int on_message(int event, void *event_data, void *userdata)
 	(void)userdata;
 
 	target_clear();
+	routing_clear();
 	const reg_row *row = registry_lookup(mosquitto_client_username(ed->client));
 	const char *client_id = mosquitto_client_id(ed->client);
 
@@ -1527,25 +1814,27 @@ static int on_message(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int on_acl_check(int event, void *event_data, void *userdata)
+static int acl_decide(struct mosquitto_evt_acl_check *ed)
 {
-	struct mosquitto_evt_acl_check *ed = event_data;
 	struct mosquitto *client = ed->client;
-	(void)event;
-	(void)userdata;
-
 	enum action action;
 	switch(ed->access){
 		case MOSQ_ACL_WRITE: action = ACT_PUBLISH; break;
 		case MOSQ_ACL_READ: action = ACT_RECEIVE; break;
 		case MOSQ_ACL_SUBSCRIBE: action = ACT_SUBSCRIBE; break;
-		case MOSQ_ACL_UNSUBSCRIBE: return MOSQ_ERR_SUCCESS;
+		case MOSQ_ACL_UNSUBSCRIBE: {
+			conn_t *c = conn_get(client);
+			if(c && !c->subs_synced) subs_sync(c);
+			subs_forget(mosquitto_client_id(client), ed->topic);
+			return MOSQ_ERR_SUCCESS;
+		}
 		default: return MOSQ_ERR_ACL_DENIED;
 	}
 	const char *cert_id = mosquitto_client_username(client);
 	const char *client_id = mosquitto_client_id(client);
 	const reg_row *row = registry_lookup(cert_id);
 	conn_t *live = conn_get(client); /* NULL for offline sessions, wills after disconnect */
+	if(live && !live->subs_synced) subs_sync(live);
 
 	if(!cert_usable(row) || !client_id){
 		if(live){
@@ -1571,9 +1860,21 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		principal pr = {row->role, row->thing, client_id, cn_of(cert_id)};
 		allowed = policy_allows(&pr, action, ed->topic);
 	}
+	if(action == ACT_RECEIVE){
+		return allowed && receive_once(ed, client_id) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+	}
+	if(allowed && action == ACT_SUBSCRIBE){
+		if(!subs_admit(client_id, ed->topic, is_service(row))){
+			/* IoT Core: SUBACK failure (the connection may be closed too) */
+			mosquitto_log_printf(MOSQ_LOG_NOTICE,
+					"iotcore: denied subscribe of %s by client %s: it has %d subscriptions already",
+					ed->topic, client_id, MAX_SUBSCRIPTIONS);
+			return MOSQ_ERR_ACL_DENIED;
+		}
+		if(!g.in_kick) psub_set(client, ed->topic);
+	}
 	if(allowed) return MOSQ_ERR_SUCCESS;
 
-	if(action == ACT_RECEIVE) return MOSQ_ERR_ACL_DENIED;
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotcore: denied %s of %s by client %s",
 			action == ACT_PUBLISH ? "publish" : "subscribe", ed->topic, client_id);
 	if(live && mosquitto_client_protocol_version(client) != 5){
@@ -1586,6 +1887,25 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_ACL_DENIED;
 }
 
+static int on_acl_check(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	(void)event;
+	(void)userdata;
+
+	if(ed->access != MOSQ_ACL_READ){
+		routing_clear();
+	}else if(g.psub.client && g.psub.client != ed->client){
+		psub_clear(); /* retained messages of a new subscription go to its client only */
+	}
+	int rc = acl_decide(ed);
+	if(ed->access == MOSQ_ACL_SUBSCRIBE && g.in_kick && rc != MOSQ_ERR_SUCCESS){
+		/* a kicked persistent session loses the subscriptions that are no longer allowed */
+		subs_forget(mosquitto_client_id(ed->client), ed->topic);
+	}
+	return rc;
+}
+
 static int on_disconnect(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_disconnect *ed = event_data;
@@ -1593,6 +1913,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)userdata;
 
+	routing_clear();
 	conn_t *c = conn_get(client);
 	if(!c) return MOSQ_ERR_SUCCESS;
 	/* infer first: anything we log would become the last line of the log */
@@ -1610,8 +1931,10 @@ static void prune_clients(long long now)
 			hent *e = *pp;
 			client_rec *cr = e->val;
 			if(!cr->current && now - cr->offline_since_ms > VERSION_RESET_MS){
+				/* a persistent session outliving this loses its known subscriptions: the
+				 * receive checks then allow what mosquitto matches (subs_deliverable) */
 				*pp = e->next;
-				free(cr);
+				client_rec_free(cr);
 				free(e);
 				g.clients.n--;
 			}else{
@@ -1628,6 +1951,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)userdata;
 	/* a message is routed within the callback that saw it: nothing addressed is pending now */
 	target_clear();
+	routing_clear();
 	long long now = now_ms_monotonic();
 	if(now - g.last_check_ms >= g.check_interval_ms){
 		g.last_check_ms = now;
@@ -1638,6 +1962,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 		prune_clients(now);
 	}
 	run_kicks();
+	routing_clear();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -1646,6 +1971,7 @@ static int on_reload(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	(void)userdata;
+	routing_clear();
 	mosquitto_log_printf(MOSQ_LOG_INFO, "iotcore: reloading registry and policies");
 	check_files(true);
 	g.last_check_ms = now_ms_monotonic();
@@ -1734,7 +2060,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		mosquitto_callback_unregister(g.id, MOSQ_EVT_RELOAD, on_reload, NULL);
 	}
 	hmap_clear(&g.conns, conn_free);
-	hmap_clear(&g.clients, free);
+	hmap_clear(&g.clients, client_rec_free);
 	hmap_clear(&g.cns, free);
 	for(size_t i = 0; i < g.nkicks; i++) free(g.kicks[i].client_id);
 	free(g.kicks);
@@ -1743,6 +2069,8 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	free(g.exp_chars.p);
 	free(g.exp_wild.p);
 	target_clear();
+	routing_clear();
+	hmap_clear(&g.route.seen, NULL);
 	free(g.registry_path);
 	free(g.policies_path);
 	free(g.log_path);
