@@ -1,18 +1,25 @@
 """Shadow service throughput and latency through the local IoT Core (mosquitto backend).
 
 Runs `cloud-stubs up` as its own process (so the service's CPU is its own), then drives it with
-awscrt MQTT 5 device clients, each with its own certificate:
+MQTT 5 device clients, each with its own certificate:
 
 1. throughput: D devices pipeline `shadow/update` requests (a window of W in flight each) for
-   S seconds; reports accepted updates per second and the stub process's CPU per update.
-2. latency: 1,000 idle devices stay connected while one device does sequential update round
-   trips (publish -> `/update/accepted`); reports p50/p99.
+   S seconds; reports accepted updates per second and the CPU seconds (and CPU per update) of
+   the stub process, of mosquitto (the stub's child) and of this load generator. Each accepted
+   response sends the device's next request. The load generator shares the machine, so it must
+   be cheap: by default (`--load lean`) each device is a minimal asyncio MQTT 5 session (the
+   stub's own `_Session`, with the device's certificate and client id); `--load awscrt` drives
+   awscrt MQTT 5 clients from their callback threads instead (0.25-0.45 ms of load generator
+   CPU per update, which caps the rate at about 1,600-2,000/s on 2 cores).
+2. latency: 1,000 idle (awscrt) devices stay connected while one device (aiomqtt) does
+   sequential update round trips (publish -> `/update/accepted`); reports p50/p99.
 
 Baseline, side by side in the same run: the same round trip through the same broker with no
 service in the path (a service-identity echo client republishes `dt/<thing>/ping` to
 `dt/<thing>/pong`), so the ratio shows what the shadow service adds.
 
 Usage: python benchmarks/bench_shadow.py [--devices 20] [--window 50] [--seconds 10] [--idle 1000]
+       [--load lean|awscrt]
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +47,9 @@ from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
 from cloud_stubs._paths import StatePaths
-from cloud_stubs._registry import Registry
-from cloud_stubs._service_client import NODELAY, service_client, tls_context
+from cloud_stubs._service_client import NODELAY, ConnectSettings, service_client, tls_context
 from cloud_stubs._state import ensure_state, issue_things, load_ca
+from cloud_stubs.services._runtime import Outgoing, _Session
 
 
 class Dev:
@@ -48,14 +58,23 @@ class Dev:
         self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.ready = loop.create_future()
         self.name = ident.thing_name
+        #: When set, called on awscrt's thread for every message instead of filling `inbox`.
+        self.on_message: Callable[[str, bytes], None] | None = None
 
         def on_pub(d: mqtt5.PublishReceivedData) -> None:
+            if self.on_message is not None:
+                self.on_message(d.publish_packet.topic, d.publish_packet.payload)
+                return
             loop.call_soon_threadsafe(
                 self.inbox.put_nowait, (d.publish_packet.topic, d.publish_packet.payload)
             )
 
+        def set_ready() -> None:
+            if not self.ready.done():
+                self.ready.set_result(True)
+
         def on_ok(_: Any) -> None:
-            loop.call_soon_threadsafe(lambda: self.ready.done() or self.ready.set_result(True))
+            loop.call_soon_threadsafe(set_ready)
 
         self.client = mqtt5_client_builder.mtls_from_path(
             endpoint=ep["host"],
@@ -79,10 +98,12 @@ class Dev:
         await asyncio.wrap_future(f)
 
     def pub(self, topic: str, payload: bytes) -> asyncio.Future[Any]:
-        return asyncio.wrap_future(
-            self.client.publish(
-                mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
-            )
+        return asyncio.wrap_future(self.send(topic, payload))
+
+    def send(self, topic: str, payload: bytes) -> Any:
+        """Publish at QoS 1 without an asyncio future (the PUBACK is not waited for)."""
+        return self.client.publish(
+            mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
         )
 
 
@@ -91,37 +112,143 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def throughput(
-    ep: dict[str, Any], devs: list[Dev], window: int, seconds: float, pid: int
-) -> dict[str, float]:
-    for d in devs:
-        await d.sub(f"$aws/things/{d.name}/shadow/update/accepted")
-    stop_at = time.perf_counter() + seconds
-    counts = [0] * len(devs)
+def own_cpu_seconds() -> float:
+    """CPU of this process, all threads (awscrt's event loop threads included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    async def drive(i: int, d: Dev) -> None:
-        seq = 0
-        in_flight = 0
-        topic = f"$aws/things/{d.name}/shadow/update"
-        while time.perf_counter() < stop_at:
-            while in_flight < window:
-                seq += 1
-                d.pub(topic, json.dumps({"state": {"reported": {"seq": seq}}}).encode())
-                in_flight += 1
-            await d.inbox.get()
-            in_flight -= 1
-            counts[i] += 1
 
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    await asyncio.gather(*(drive(i, d) for i, d in enumerate(devs)))
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class Pump:
+    """One device's closed loop: every accepted update sends the next request."""
+
+    def __init__(self, dev: Dev, window: int) -> None:
+        self.dev = dev
+        self.window = window
+        self.topic = f"$aws/things/{dev.name}/shadow/update"
+        self.seq = 0
+        self.accepted = 0
+        self.in_flight = 0
+        self.running = False
+        self.drained = threading.Event()
+        dev.on_message = self.on_response
+
+    def send_next(self) -> None:
+        self.seq += 1
+        self.in_flight += 1
+        self.dev.send(self.topic, b'{"state": {"reported": {"seq": %d}}}' % self.seq)
+
+    def start(self) -> None:
+        self.running = True
+        for _ in range(self.window):
+            self.send_next()
+
+    def on_response(self, topic: str, payload: bytes) -> None:  # noqa: ARG002
+        self.accepted += 1
+        self.in_flight -= 1
+        if self.running:
+            self.send_next()
+        elif self.in_flight <= 0:
+            self.drained.set()
+
+    async def wait_drained(self) -> None:
+        if self.in_flight > 0:
+            await asyncio.to_thread(self.drained.wait, 10)
+        self.dev.on_message = None
+        self.dev.client.stop()
+
+
+class LeanPump:
+    """The same closed loop over a minimal asyncio MQTT 5 session (one per device)."""
+
+    def __init__(self, ep: dict[str, Any], ident: Any, window: int) -> None:
+        self.name = ident.thing_name
+        self.settings = ConnectSettings(
+            ep["host"],
+            ep["port"],
+            ident.thing_name,
+            tls_context(ident.ca_file, ident.cert_file, ident.key_file),
+            mqtt5=True,
+        )
+        self.window = window
+        self.topic = f"$aws/things/{self.name}/shadow/update"
+        self.seq = 0
+        self.accepted = 0
+        self.in_flight = 0
+        self.running = False
+        self.session: _Session | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self.session = _Session(self.settings)
+        await self.session.open([f"{self.topic}/accepted"])
+
+    def requests(self, n: int) -> list[Outgoing]:
+        out = []
+        for _ in range(n):
+            self.seq += 1
+            out.append(Outgoing(self.topic, b'{"state": {"reported": {"seq": %d}}}' % self.seq))
+        self.in_flight += n
+        return out
+
+    def start(self) -> None:
+        self.running = True
+        self.task = asyncio.create_task(self.run())
+
+    async def run(self) -> None:
+        assert self.session is not None  # noqa: S101 - connected first
+        session = self.session
+        session.publish(self.requests(self.window))
+        while self.running or self.in_flight > 0:
+            n = len(await session.next_batch(10_000))
+            self.accepted += n
+            self.in_flight -= n
+            if self.running:
+                session.publish(self.requests(n))
+            await session.drain()
+
+    async def wait_drained(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.task, 10)
+        if self.session is not None:
+            await self.session.close()
+
+
+async def throughput(pumps: list[Any], seconds: float, pid: int) -> dict[str, float]:
+    mosquitto = children(pid)
+    procs = {"stub": [pid], "mosquitto": mosquitto}
+
+    def cpu() -> dict[str, float]:
+        out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in procs.items()}
+        out["load generator"] = own_cpu_seconds()
+        return out
+
+    cpu0, t0 = cpu(), time.perf_counter()
+    for p in pumps:
+        p.start()
+    await asyncio.sleep(seconds)
+    total = sum(p.accepted for p in pumps)
     wall = time.perf_counter() - t0
-    cpu = cpu_seconds(pid) - cpu0
-    total = sum(counts)
+    cpu1 = cpu()
+    for p in pumps:
+        p.running = False
+    for p in pumps:  # let what is in flight finish before the latency phase
+        await p.wait_drained()
+    used = {name: cpu1[name] - cpu0[name] for name in cpu0}
+    unanswered = sum(p.in_flight for p in pumps)
     return {
         "updates": total,
+        "wall": wall,
         "updates_per_s": total / wall,
-        "stub_cpu_ms_per_update": 1000 * cpu / max(total, 1),
-    }
+        "unanswered": unanswered,
+    } | {f"cpu:{name}": value for name, value in used.items()}
 
 
 async def round_trips(
@@ -164,6 +291,7 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--round-trips", type=int, default=500)
+    ap.add_argument("--load", choices=("lean", "awscrt"), default="lean")
     args = ap.parse_args()
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     loop = asyncio.get_running_loop()
@@ -175,7 +303,7 @@ async def main() -> None:
         idents = issue_things(reg, ca, [f"bench-{i}" for i in range(args.devices + args.idle + 1)])
         print(f"issued {len(idents)} identities in {time.perf_counter() - t0:.1f}s")
         reg.close()
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
             [
                 sys.executable,
                 "-c",
@@ -193,18 +321,38 @@ async def main() -> None:
             text=True,
         )
         try:
-            assert proc.stdout is not None
+            if proc.stdout is None:
+                raise RuntimeError("no stdout from `cloud-stubs up`")
             ep = json.loads(await asyncio.to_thread(proc.stdout.readline))
-            workers = [Dev(ep, i, loop) for i in idents[: args.devices]]
-            await asyncio.gather(*(w.start() for w in workers))
-            tp = await throughput(ep, workers, args.window, args.seconds, proc.pid)
+            pumps: list[Any]
+            if args.load == "awscrt":
+                workers = [Dev(ep, i, loop) for i in idents[: args.devices]]
+                await asyncio.gather(*(w.start() for w in workers))
+                for w in workers:
+                    await w.sub(f"$aws/things/{w.name}/shadow/update/accepted")
+                pumps = [Pump(w, args.window) for w in workers]
+            else:
+                pumps = [LeanPump(ep, i, args.window) for i in idents[: args.devices]]
+                await asyncio.gather(*(p.connect() for p in pumps))
+            tp = await throughput(pumps, args.seconds, proc.pid)
+            n = max(tp["updates"], 1)
             print(
                 f"throughput: {tp['updates_per_s']:.0f} shadow updates/s "
-                f"({tp['updates']} in {args.seconds:.0f}s, {args.devices} devices x window {args.window}); "
-                f"stub process {tp['stub_cpu_ms_per_update']:.3f} ms CPU per update"
+                f"({tp['updates']:.0f} in {args.seconds:.0f}s, "
+                f"{args.devices} {args.load} devices x window {args.window}); "
+                f"stub process {1000 * tp['cpu:stub'] / n:.3f} ms CPU per update"
             )
-            for w in workers:
-                w.client.stop()
+            if tp["unanswered"]:
+                print(f"WARNING: {tp['unanswered']:.0f} requests never answered")
+            names = ("stub", "mosquitto", "load generator")
+            print(
+                f"CPU seconds in {tp['wall']:.1f}s ({os.cpu_count()} cores): "
+                + ", ".join(f"{name} {tp['cpu:' + name]:.2f}" for name in names)
+            )
+            print(
+                "CPU ms per update: "
+                + ", ".join(f"{name} {1000 * tp['cpu:' + name] / n:.3f}" for name in names)
+            )
             idle = [Dev(ep, i, loop) for i in idents[args.devices : args.devices + args.idle]]
             t0 = time.perf_counter()
             for k in range(0, len(idle), 100):
@@ -254,10 +402,12 @@ async def main() -> None:
                 ("baseline echo round trip", base),
             ):
                 print(
-                    f"{label} with {len(idle)} idle devices: p50 {pct(vals, 50):.2f} ms, p99 {pct(vals, 99):.2f} ms"
+                    f"{label} with {len(idle)} idle devices: "
+                    f"p50 {pct(vals, 50):.2f} ms, p99 {pct(vals, 99):.2f} ms"
                 )
             print(
-                f"ratio shadow/baseline: p50 {pct(shadow, 50) / pct(base, 50):.2f}x, p99 {pct(shadow, 99) / pct(base, 99):.2f}x"
+                f"ratio shadow/baseline: p50 {pct(shadow, 50) / pct(base, 50):.2f}x, "
+                f"p99 {pct(shadow, 99) / pct(base, 99):.2f}x"
             )
             for d in idle:
                 d.client.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from certs import CertificateAuthority
 from cloud_stubs._paths import StatePaths
+from cloud_stubs.commands._service import CommandsService
 from cloud_stubs.jobs._service import JobsService
 from cloud_stubs.provisioning._service import ProvisioningService
 from cloud_stubs.services._runtime import Service
@@ -14,4 +15,9 @@ __all__ = ["build_services"]
 
 def build_services(paths: StatePaths, ca: CertificateAuthority) -> list[Service]:
     """Every service the local IoT Core runs, in dispatch order."""
-    return [ShadowService(paths), JobsService(paths), ProvisioningService(paths, ca)]
+    return [
+        ShadowService(paths),
+        JobsService(paths),
+        ProvisioningService(paths, ca),
+        CommandsService(paths),
+    ]

@@ -1,11 +1,17 @@
 """Device Shadow service: MQTT shell over the pure core, documents persisted in SQLite.
 
-Documents are cached in memory and written through to ``DIR/shadows.sqlite`` (WAL) on every
-accepted change, so a restart of ``cloud-stubs up`` loses nothing.
+Documents are cached in memory and stored in ``DIR/shadows.sqlite`` (WAL). Changes are committed
+in groups: the service host calls :meth:`ShadowService.persist` after each batch of requests
+(whatever arrived together, at most 64) and only then publishes the batch's responses, so an
+``accepted`` response is never sent for a change that is not committed, and a restart of
+``cloud-stubs up`` loses nothing. A crash (not a clean stop) loses only changes that were not
+answered yet; changes applied outside the host (no ``persist()`` call) are committed at most
+0.1 s later or on :meth:`ShadowService.close`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -14,9 +20,14 @@ from collections.abc import Sequence
 from cloud_stubs._paths import StatePaths
 from cloud_stubs.services._runtime import Outgoing, Request
 from cloud_stubs.shadow._core import ShadowDocument, handle_request
-from cloud_stubs.shadow._topics import parse_shadow_topic
+from cloud_stubs.shadow._topics import ShadowRequestTopic, parse_shadow_topic
 
 __all__ = ["ShadowService", "ShadowStore"]
+
+_FLUSH_DELAY = 0.1
+#: ``json.dumps(obj, separators=(",", ":"))`` without building an encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_MAX_PARSED_TOPICS = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS shadows (
@@ -39,10 +50,31 @@ class ShadowStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._cache: dict[tuple[str, str], ShadowDocument | None] = {}
+        self._dirty: dict[tuple[str, str], ShadowDocument] = {}
 
     def close(self) -> None:
-        """Close the database."""
+        """Commit pending changes and close the database."""
+        self.flush()
         self._db.close()
+
+    @property
+    def pending(self) -> int:
+        """Documents saved but not committed yet."""
+        return len(self._dirty)
+
+    def flush(self) -> None:
+        """Commit every document saved since the last flush, in one transaction."""
+        if not self._dirty:
+            return
+        rows = [(*key, doc.to_json()) for key, doc in self._dirty.items()]
+        with self._db:  # BEGIN ... COMMIT (ROLLBACK on error, the documents stay pending)
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO shadows(thing_name, shadow_name, document)"
+                " VALUES (?, ?, ?)",
+                rows,
+            )
+        self._dirty.clear()
 
     def load(self, thing: str, name: str | None) -> ShadowDocument | None:
         """The stored document (``None`` if never stored)."""
@@ -55,16 +87,14 @@ class ShadowStore:
         return self._cache[key]
 
     def save(self, thing: str, name: str | None, doc: ShadowDocument) -> None:
-        """Persist a document."""
+        """Store a document; committed by the next :meth:`flush` (or :meth:`close`)."""
         key = (thing, name or "")
-        self._db.execute(
-            "INSERT OR REPLACE INTO shadows(thing_name, shadow_name, document) VALUES (?, ?, ?)",
-            (*key, doc.to_json()),
-        )
         self._cache[key] = doc
+        self._dirty[key] = doc
 
     def names(self, thing: str) -> list[str]:
         """Named shadows of a thing (classic shadow excluded)."""
+        self.flush()
         rows = self._db.execute(
             "SELECT shadow_name FROM shadows WHERE thing_name = ? AND shadow_name != ''"
             " ORDER BY shadow_name",
@@ -81,6 +111,8 @@ class ShadowService:
     def __init__(self, paths: StatePaths) -> None:
         """Use the state directory's shadow store."""
         self.store = ShadowStore(paths)
+        self._parsed: dict[str, ShadowRequestTopic | None] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     @property
     def filters(self) -> Sequence[str]:
@@ -90,12 +122,30 @@ class ShadowService:
             f"$aws/things/+/shadow/name/+/{op}" for op in ops
         )
 
+    def _parse(self, topic: str) -> ShadowRequestTopic | None:
+        try:
+            return self._parsed[topic]
+        except KeyError:
+            pass
+        if len(self._parsed) >= _MAX_PARSED_TOPICS:
+            self._parsed.clear()
+        parsed = self._parsed[topic] = parse_shadow_topic(topic)
+        return parsed
+
     def accepts(self, topic: str) -> bool:
         """True for shadow request topics."""
-        return parse_shadow_topic(topic) is not None
+        return self._parse(topic) is not None
+
+    def persist(self) -> None:
+        """Commit the changes of the requests handled so far (the host calls this per batch)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.store.flush()
 
     def close(self) -> None:
-        """Close the store."""
+        """Commit pending changes and close the store."""
+        self.persist()
         self.store.close()
 
     async def tick(self, now: float) -> list[Outgoing]:  # noqa: ARG002 - no timers
@@ -104,7 +154,7 @@ class ShadowService:
 
     async def handle(self, request: Request) -> list[Outgoing]:
         """Apply one get/update/delete and return the responses to publish."""
-        parsed = parse_shadow_topic(request.topic)
+        parsed = self._parse(request.topic)
         if parsed is None:
             return []
         doc = self.store.load(parsed.thing_name, parsed.shadow_name)
@@ -118,10 +168,15 @@ class ShadowService:
         )
         if outcome.changed:
             self.store.save(parsed.thing_name, parsed.shadow_name, outcome.document)
+            if self._flush_handle is None:
+                # Normally the host's persist() comes first; this covers other callers.
+                self._flush_handle = asyncio.get_running_loop().call_later(
+                    _FLUSH_DELAY, self.persist
+                )
         return [
             Outgoing(
                 parsed.response_topic(m.topic_suffix),
-                json.dumps(m.payload, separators=(",", ":")).encode(),
+                _encode(m.payload).encode(),
             )
             for m in outcome.messages
         ]
