@@ -49,6 +49,19 @@ from device_sdk._outbox import (
 )
 from device_sdk._request import RequestChannel, Response
 from device_sdk._subscription import Subscription, SubscriptionStatistics, topic_matches
+from device_sdk.commands import (
+    CommandExecution,
+    CommandFailedError,
+    CommandRejectedError,
+    CommandRequest,
+    Commands,
+    CommandStatus,
+)
+from device_sdk.provisioning import (
+    ProvisionedIdentity,
+    ProvisioningRejectedError,
+    provision_by_claim,
+)
 from device_sdk.transport import (
     ConnectionOptions,
     Message,
@@ -66,6 +79,12 @@ __all__ = [
     "ClientState",
     "Clock",
     "ClosedError",
+    "CommandExecution",
+    "CommandFailedError",
+    "CommandRejectedError",
+    "CommandRequest",
+    "CommandStatus",
+    "Commands",
     "ConnectError",
     "ConnectionLostError",
     "ConnectionOptions",
@@ -91,7 +110,9 @@ __all__ = [
     "PemCredentials",
     "Pkcs11Credentials",
     "ProtocolError",
+    "ProvisionedIdentity",
     "ProvisioningError",
+    "ProvisioningRejectedError",
     "QoS",
     "ReconnectPolicy",
     "RejectedError",
@@ -107,5 +128,6 @@ __all__ = [
     "VersionConflictError",
     "Will",
     "create_transport",
+    "provision_by_claim",
     "topic_matches",
 ]

@@ -171,6 +171,8 @@ class DeviceClient:
         self._first_attempt: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
         self._state_changed = asyncio.Event()
+        self._generation = 0
+        self._resubscribed = False
         self._subs: dict[str, list[Subscription]] = {}
         self._bucket = limits.new_publish_bucket(self._clock)
         self._counters = dict.fromkeys(_COUNTERS, 0)
@@ -220,8 +222,37 @@ class DeviceClient:
         if state is not self._state:
             self._logger.debug("%s: %s -> %s", self._name, self._state, state)
             self._state = state
-            self._state_changed.set()
-            self._state_changed = asyncio.Event()
+            self._notify_change()
+
+    def _notify_change(self) -> None:
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+
+    @property
+    def connection_generation(self) -> int:
+        """How many connections have been established and resubscribed (0 before the first)."""
+        return self._generation
+
+    async def wait_resubscribed(self, after: int = 0) -> int:
+        """Wait for a connection newer than generation ``after``, with its subscriptions restored.
+
+        Returns the generation of the current connection once it is greater than ``after``
+        and every filter has been resubscribed, so a request published next gets its answer.
+        Services resync on each new generation (shadow ``get``, jobs ``start-next``)::
+
+            generation = 0
+            while True:
+                generation = await device.wait_resubscribed(after=generation)
+                await resync()
+
+        Raises:
+            DeviceSdkError: The client failed for good (``failure``).
+            ClosedError: The client closed while waiting.
+        """
+        while self._generation <= after or not self._resubscribed:
+            self._raise_if_unusable()
+            await self._state_changed.wait()
+        return self._generation
 
     async def wait_connected(self) -> None:
         """Wait until the client is connected.
@@ -404,6 +435,7 @@ class DeviceClient:
 
     def _on_disconnected(self, *, connected: bool) -> None:
         self._connected.clear()
+        self._resubscribed = False
         if connected:
             self._counters["disconnects"] += 1
         if self._outbox is not None:
@@ -433,6 +465,9 @@ class DeviceClient:
             # the filters), but never wait for SUBACKs on a link that is already gone.
             await asyncio.wait({resubscribe, down, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not down.done() and not stop.done():
+                self._generation += 1
+                self._resubscribed = True
+                self._notify_change()
                 sender = tg.create_task(self._send_loop(transport), name=f"{name}.sender")
                 await asyncio.wait({down, stop}, return_when=asyncio.FIRST_COMPLETED)
                 sender.cancel()

@@ -318,7 +318,7 @@ class MosquittoBroker:
             "log_timestamp true",
             "connection_messages true",
             "max_inflight_messages 100",
-            "max_queued_messages 1000",
+            "max_queued_messages 20000",
             "max_keepalive 1200",
             f"max_packet_size {_MAX_PACKET_SIZE}",
             "check_retain_source false",
