@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiomqtt
 
@@ -22,6 +22,9 @@ from cloud_stubs._state import ThingIdentity, ensure_state, issue_thing, issue_t
 from cloud_stubs.broker import Broker, BrokerKind, create_broker
 from cloud_stubs.services._build import build_services
 from cloud_stubs.services._runtime import Service, ServiceHost
+
+if TYPE_CHECKING:
+    from cloud_stubs.deployments import OtaRuntime
 
 __all__ = ["EndpointInfo", "LocalIoTCore"]
 
@@ -86,6 +89,8 @@ class LocalIoTCore:
         self._services: list[Service] = []
         self._host_task: asyncio.Task[None] | None = None
         self.service_host: ServiceHost | None = None
+        self.ota: OtaRuntime | None = None  # firmware file server + deployment engine
+        self._ota_stack: contextlib.AsyncExitStack | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -100,6 +105,7 @@ class LocalIoTCore:
         if self._with_services:
             try:
                 await self._start_services()
+                await self._start_ota()
             except BaseException:
                 await self.stop()
                 raise
@@ -111,6 +117,9 @@ class LocalIoTCore:
 
     async def stop(self) -> None:
         """Stop services and broker; remove ``endpoint.json``."""
+        ota_stack, self._ota_stack, self.ota = self._ota_stack, None, None
+        if ota_stack is not None:
+            await ota_stack.aclose()
         await self._stop_services()
         broker, self._broker = self._broker, None
         try:
@@ -140,6 +149,13 @@ class LocalIoTCore:
             if task in done:
                 task.result()  # raises the reason the services could not start
             raise RuntimeError("the stub's services did not connect within 30 s")
+
+    async def _start_ota(self) -> None:
+        from cloud_stubs.deployments import start_ota  # noqa: PLC0415
+
+        stack = contextlib.AsyncExitStack()
+        self.ota = await stack.enter_async_context(start_ota(self))
+        self._ota_stack = stack
 
     async def _stop_services(self) -> None:
         task, self._host_task = self._host_task, None

@@ -22,6 +22,7 @@ from typing import Any
 
 from cloud_stubs._paths import StatePaths
 from cloud_stubs._registry import Registry
+from cloud_stubs.firmware import DocumentRenderer
 from cloud_stubs.jobs import (
     AbortConfig,
     JobsError,
@@ -80,10 +81,18 @@ class JobsStore:
         self._db.close()
 
 
-def _outgoing(outcome: JobsOutcome, requester: str | None) -> list[Outgoing]:
+def _outgoing(
+    outcome: JobsOutcome,
+    requester: str | None,
+    render: DocumentRenderer | None = None,
+    now: float = 0.0,
+) -> list[Outgoing]:
     out = []
     for m in outcome.messages:
-        payload = json.dumps(m.payload, separators=(",", ":")).encode()
+        body = m.payload
+        if render is not None and m.kind is not MessageKind.EVENT:
+            body = render(m.topic, body, now)  # presigned-URL placeholders -> fresh URLs
+        payload = json.dumps(body, separators=(",", ":")).encode()
         deliver_to = requester if m.kind is MessageKind.RESPONSE else None
         out.append(Outgoing(m.topic, payload, deliver_to=deliver_to))
     return out
@@ -159,6 +168,7 @@ class JobsService:
         self.state = self._store.load()
         self._clock = clock
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._render = DocumentRenderer(paths)
 
     @property
     def filters(self) -> Sequence[str]:
@@ -216,16 +226,17 @@ class JobsService:
             outcome = handle_jobs_request(self.state, parsed, request.payload, now)
         if outcome.changed:
             self._changed()
-        return _outgoing(outcome, request.client_id)
+        return _outgoing(outcome, request.client_id, self._render, now)
 
     def control(self, op: str, args: dict[str, Any]) -> tuple[Any, list[Outgoing]]:
         """In-process control plane: (result, messages to publish)."""
-        result, outcome = run_control(self.state, self._registry, op, args, int(self._clock()))
+        now = int(self._clock())
+        result, outcome = run_control(self.state, self._registry, op, args, now)
         if outcome is None:
             return result, []
         if outcome.changed:
             self._changed()
-        return result, _outgoing(outcome, None)
+        return result, _outgoing(outcome, None, self._render, now)
 
     def _control_request(self, request: Request, now: int) -> list[Outgoing]:  # noqa: ARG002
         op = request.topic.rsplit("/", 1)[1]
@@ -252,4 +263,4 @@ class JobsService:
         outcome = tick(self.state, int(now))
         if outcome.changed:
             self._changed()
-        return _outgoing(outcome, None)
+        return _outgoing(outcome, None, self._render, now)
