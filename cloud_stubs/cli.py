@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from certs import CertsError
+from cloud_stubs._cli_commands import commands_app
 from cloud_stubs._cli_ota import deployments_app, firmware_app
 from cloud_stubs._control import jobs_request, shadow_request
 from cloud_stubs._core import LocalIoTCore
@@ -67,6 +68,7 @@ jobs_app = typer.Typer(
 )
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(firmware_app, name="firmware")
+app.add_typer(commands_app, name="commands")
 app.add_typer(deployments_app, name="deployments")
 
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
