@@ -163,7 +163,9 @@ class Limits:
                 maximum=self.max_topic_bytes,
             )
         levels = body.count("/") + 1
-        if levels > self.max_topic_levels:
+        # AWS's reserved topics are exempt (the Commands reply topics have 9 levels).
+        reserved = topic.startswith("$aws/") and not topic.startswith("$aws/rules/")
+        if levels > self.max_topic_levels and not reserved:
             raise LimitExceededError(
                 f"topic {topic!r} has {levels} levels, more than {self.max_topic_levels}",
                 limit="topic_levels",

@@ -71,7 +71,8 @@ def _limits_problem(topic: str) -> str | None:
     counted = _counted_part(topic)
     if len(counted.encode("utf-8")) > MAX_TOPIC_BYTES:
         return f"longer than {MAX_TOPIC_BYTES} bytes"
-    if counted.count("/") > MAX_TOPIC_SLASHES:
+    reserved = topic.startswith("$aws/") and not topic.startswith("$aws/rules/")
+    if not reserved and counted.count("/") > MAX_TOPIC_SLASHES:  # AWS's reserved topics exempt
         return f"more than {MAX_TOPIC_SLASHES} slashes"
     return None
 

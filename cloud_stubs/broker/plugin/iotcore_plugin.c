@@ -1565,6 +1565,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 static bool topic_within_limits(const char *topic, bool is_filter)
 {
 	if(strlen(topic) > MAX_TOPIC_BYTES) return false;
+	/* AWS's own reserved topics are not subject to the 8-level limit: the Commands reply
+	 * topics ($aws/commands/things/T/executions/ID/response/accepted/json) have 9 levels. */
+	if(!strncmp(topic, "$aws/", 5) && strncmp(topic, "$aws/rules/", 11)) return true;
 	const char *p = topic;
 	if(!is_filter && !strncmp(p, "$aws/rules/", 11)){
 		const char *slash = strchr(p + 11, '/');
