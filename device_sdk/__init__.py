@@ -51,17 +51,32 @@ from device_sdk._request import RequestChannel, Response
 from device_sdk._subscription import Subscription, SubscriptionStatistics, topic_matches
 from device_sdk.commands import (
     CommandExecution,
-    CommandFailedError,
-    CommandRejectedError,
     CommandRequest,
     Commands,
     CommandStatus,
+)
+from device_sdk.jobs import (
+    JobContext,
+    JobHandler,
+    JobOutcome,
+    JobRunner,
+    JobsClient,
+    JobStatus,
+)
+from device_sdk.ota import (
+    ABSlotInstaller,
+    OtaAgent,
+    OtaConfig,
+    OtaState,
+    SimulatedInstaller,
+    ota_job_handler,
 )
 from device_sdk.provisioning import (
     ProvisionedIdentity,
     ProvisioningRejectedError,
     provision_by_claim,
 )
+from device_sdk.shadow import ShadowChange, ShadowClient, ShadowSync
 from device_sdk.transport import (
     ConnectionOptions,
     Message,
@@ -74,14 +89,13 @@ from device_sdk.transport import (
 
 __all__ = [
     "IOT_CORE_LIMITS",
+    "ABSlotInstaller",
     "AuthorizationError",
     "ClientMetrics",
     "ClientState",
     "Clock",
     "ClosedError",
     "CommandExecution",
-    "CommandFailedError",
-    "CommandRejectedError",
     "CommandRequest",
     "CommandStatus",
     "Commands",
@@ -93,11 +107,20 @@ __all__ = [
     "DeviceSdkError",
     "Endpoint",
     "FileCredentials",
+    "JobContext",
+    "JobHandler",
+    "JobOutcome",
+    "JobRunner",
+    "JobStatus",
+    "JobsClient",
     "LatencyHistogram",
     "LimitExceededError",
     "Limits",
     "Message",
     "NegativeAckError",
+    "OtaAgent",
+    "OtaConfig",
+    "OtaState",
     "Outbox",
     "OutboxConfig",
     "OutboxDatabase",
@@ -119,6 +142,10 @@ __all__ = [
     "RequestChannel",
     "RequestTimeoutError",
     "Response",
+    "ShadowChange",
+    "ShadowClient",
+    "ShadowSync",
+    "SimulatedInstaller",
     "Subscription",
     "SubscriptionStatistics",
     "SystemClock",
@@ -128,6 +155,7 @@ __all__ = [
     "VersionConflictError",
     "Will",
     "create_transport",
+    "ota_job_handler",
     "provision_by_claim",
     "topic_matches",
 ]

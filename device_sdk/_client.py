@@ -662,6 +662,8 @@ class DeviceClient:
 
         For requests that must not be replayed after a restart or a long outage, such as
         shadow, jobs and provisioning requests: the caller retries on failure instead.
+        After a reconnect it also waits until the subscriptions are restored, so the answer
+        to a request cannot arrive before its response filter is back.
 
         Raises:
             LimitExceededError: Topic or payload breaks an IoT Core limit.
@@ -673,7 +675,7 @@ class DeviceClient:
         self._limits.validate_publish_topic(topic)
         self._limits.validate_payload(data)
         async with asyncio.timeout(wait_s):
-            await self.wait_connected()
+            await self.wait_resubscribed(after=self._generation - int(self._resubscribed))
         await self._bucket.acquire()
         await self.transport.publish(topic, data, qos)
 
