@@ -274,6 +274,8 @@ class OtaAgent:
         rec, resumed = self._start_record(job_id, execution_number)
         self._record, self._reporter = rec, reporter
         if resumed:
+            if rec.state is S.HEALTH_CHECK and rec.boot_id != self.boot_id:
+                rec.state = S.TRIAL_BOOT  # rebooted during the trial: another trial boot
             rec.reentries += 1
             self._save("resume")
             if rec.reentries > self.config.max_reentries:

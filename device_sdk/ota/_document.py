@@ -45,7 +45,7 @@ class _Model(pydantic.BaseModel):
 class OtaArtifact(_Model):
     """``artifact``: where the image is and how to check it."""
 
-    url: str = pydantic.Field(min_length=1)
+    url: str = pydantic.Field(pattern=r"^https?://")  # an unrendered placeholder is invalid
     size: int = pydantic.Field(ge=0)
     sha256: str = pydantic.Field(pattern=r"^[0-9a-f]{64}$")
     signature: str = pydantic.Field(min_length=1)

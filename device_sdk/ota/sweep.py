@@ -217,9 +217,10 @@ async def run_case(
     sha256: str,
     mode: str = "inprocess",
     max_restarts: int = 8,
+    plan: FaultPlan | None = None,
 ) -> SweepResult:
     """Run one case to its end and check the invariants."""
-    plan = FaultPlan.single(case.point, case.action)
+    plan = plan or FaultPlan.single(case.point, case.action)
     result = SweepResult(case)
     outcome: str | None = None
     for _ in range(max_restarts + 1):
@@ -289,8 +290,12 @@ async def sweep(
     *,
     cases: Sequence[SweepCase] | None = None,
     mode: str = "inprocess",
+    plan: FaultPlan | None = None,
 ) -> list[SweepResult]:
-    """Run every case (default: crash at each of HAPPY_POINTS and ROLLBACK_POINTS)."""
+    """Run every case (default: crash at each of HAPPY_POINTS and ROLLBACK_POINTS).
+
+    ``plan`` replaces the one-crash plan of every case (custom scenarios).
+    """
     from cloud_stubs._paths import StatePaths  # noqa: PLC0415 - development dependency
     from cloud_stubs.firmware import (  # noqa: PLC0415
         FirmwareServer,
@@ -322,7 +327,9 @@ async def sweep(
             for n, case in enumerate(cases):
                 dev = root / f"case-{n:02d}"
                 results.append(
-                    await run_case(case, dev, keys, document, sha256=fw.sha256, mode=mode)
+                    await run_case(
+                        case, dev, keys, document, sha256=fw.sha256, mode=mode, plan=plan
+                    )
                 )
         return results
 
