@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from device_sdk import (
-    CommandFailedError,
     CommandRequest,
     Commands,
     ConnectionOptions,
@@ -43,6 +42,7 @@ from device_sdk import (
     DeviceIdentity,
     Endpoint,
 )
+from device_sdk.commands import CommandFailedError
 from device_sdk.transport import TransportKind
 
 STARTED = time.monotonic()
