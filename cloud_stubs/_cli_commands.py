@@ -13,11 +13,18 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from cloud_stubs._cli_common import (
+    DEFAULT_STATE,
+    JsonOpt,
+    StateDir,
+    err_console,
+    fail,
+    out_console,
+)
 from cloud_stubs._paths import StatePaths
 from cloud_stubs._state import ensure_state
 from cloud_stubs.commands._control import commands_request
@@ -30,27 +37,14 @@ commands_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_out = Console(highlight=False, soft_wrap=True)
-
-StateDir = Annotated[
-    Path,
-    typer.Option(
-        "--state-dir",
-        envvar="CLOUD_STUBS_STATE_DIR",
-        help="Directory holding the stub's CA, registry and identities.",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-DEFAULT_STATE = Path(".iot-state")
+_err = err_console
+_out = out_console
 _POLL_S = 0.25
 _WAIT_GRACE_S = 5.0
 _OPEN = (ExecutionStatus.CREATED, ExecutionStatus.IN_PROGRESS)
 
 
-def _fail(message: str) -> NoReturn:
-    _err.print(f"cloud-stubs: error: {message}", markup=False)
-    raise typer.Exit(2)
+_fail = fail
 
 
 def _paths(state_dir: Path) -> StatePaths:

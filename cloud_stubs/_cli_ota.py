@@ -9,20 +9,26 @@ server and deployment engine pick changes up live.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from certs import CertsError
-from cloud_stubs._errors import CloudStubError
+from cloud_stubs._cli_common import (
+    DEFAULT_STATE,
+    JsonOpt,
+    StateDir,
+    emit,
+    err_console,
+    errors,
+    fail,
+    out_console,
+    print_kv,
+)
 from cloud_stubs._paths import StatePaths
 from cloud_stubs.deployments import (
     Deployment,
@@ -53,48 +59,12 @@ deployments_app = typer.Typer(
     help="Roll firmware out in batches gated by a success threshold.", no_args_is_help=True
 )
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_out = Console(highlight=False, soft_wrap=True)
-
-StateDir = Annotated[
-    Path,
-    typer.Option(
-        "--state-dir",
-        envvar="CLOUD_STUBS_STATE_DIR",
-        help="Directory holding the stub's CA, registry and identities.",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-DEFAULT_STATE = Path(".iot-state")
-
-
-def _fail(message: str) -> NoReturn:
-    _err.print(f"cloud-stubs: error: {' '.join(message.split())}", markup=False)
-    raise typer.Exit(2)
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except (CloudStubError, CertsError) as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{exc.strerror or exc}")
-
-
-def _emit(as_json: bool, data: Any, human: Callable[[], object]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        human()
-
-
-def _print_kv(data: dict[str, Any]) -> None:
-    width = max(len(k) for k in data)
-    for k, v in data.items():
-        _out.print(f"{k.ljust(width)}  {v}", markup=False)
+_err = err_console
+_out = out_console
+_fail = fail
+_errors = errors
+_emit = emit
+_print_kv = print_kv
 
 
 def _paths(state_dir: Path) -> StatePaths:

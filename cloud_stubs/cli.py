@@ -7,27 +7,33 @@ and most take ``--json`` for machine-readable output. Errors are one line on std
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from certs import CertsError
 from cloud_stubs._cli_commands import commands_app
+from cloud_stubs._cli_common import (
+    DEFAULT_STATE,
+    JsonOpt,
+    StateDir,
+    emit,
+    err_console,
+    errors,
+    fail,
+    out_console,
+    print_kv,
+)
 from cloud_stubs._cli_ota import deployments_app, firmware_app
 from cloud_stubs._control import jobs_request, shadow_request
 from cloud_stubs._core import LocalIoTCore
 from cloud_stubs._demo import run_demo
-from cloud_stubs._errors import CloudStubError
 from cloud_stubs._paths import StatePaths
 from cloud_stubs._registry import CertStatus, Registry
 from cloud_stubs._state import ensure_state, issue_claim, issue_thing, issue_things, load_ca
@@ -71,42 +77,11 @@ app.add_typer(firmware_app, name="firmware")
 app.add_typer(commands_app, name="commands")
 app.add_typer(deployments_app, name="deployments")
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_out = Console(highlight=False, soft_wrap=True)
-
-StateDir = Annotated[
-    Path,
-    typer.Option(
-        "--state-dir",
-        envvar="CLOUD_STUBS_STATE_DIR",
-        help="Directory holding the stub's CA, registry and identities.",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-DEFAULT_STATE = Path(".iot-state")
-
-
-def _fail(message: str) -> NoReturn:
-    _err.print(f"cloud-stubs: error: {message}", markup=False)
-    raise typer.Exit(2)
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except (CloudStubError, CertsError) as exc:
-        _fail(str(exc))
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        _fail(f"{where}{exc.strerror or exc}")
-
-
-def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    else:
-        human()
+_err = err_console
+_out = out_console
+_fail = fail
+_errors = errors
+_emit = emit
 
 
 def _registry(state_dir: Path) -> Registry:
@@ -639,10 +614,7 @@ def claim_create(
     _emit(as_json, data, lambda: _print_kv(data))
 
 
-def _print_kv(data: dict[str, Any]) -> None:
-    width = max(len(k) for k in data)
-    for k, v in data.items():
-        _out.print(f"{k.ljust(width)}  {v}", markup=False)
+_print_kv = print_kv
 
 
 def main() -> None:
