@@ -1,0 +1,146 @@
+"""A :class:`~device_sdk.Transport` wrapper that measures what the real transport does.
+
+The simulator hands each :class:`~device_sdk.DeviceClient` its real transport (CRT or paho)
+wrapped in :class:`MeasuredTransport`. Every connection attempt (the first and the client's
+own reconnects), every PUBACK and every error then lands in the shard's
+:class:`~fleet_sim._metrics.RunMetrics` directly, without reading thousands of per-client
+metric copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Self
+
+from device_sdk import (
+    ConnectionLostError,
+    DeviceSdkError,
+    Message,
+    NegativeAckError,
+    QoS,
+    RequestTimeoutError,
+    Transport,
+    TransportStatistics,
+)
+from fleet_sim._metrics import RunMetrics
+
+__all__ = ["MeasuredTransport", "error_kind"]
+
+_perf = time.perf_counter
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, stable label for an exception: class name plus reason code when known."""
+    code = getattr(exc, "reason_code", None)
+    name = type(exc).__name__
+    return f"{name}({code:#04x})" if isinstance(code, int) else name
+
+
+class MeasuredTransport:
+    """Delegates to ``inner`` and records connects, PUBACK latency and errors."""
+
+    __slots__ = ("_inner", "_metrics", "_up")
+
+    def __init__(self, inner: Transport, metrics: RunMetrics) -> None:
+        """Wrap ``inner``; results go to ``metrics``."""
+        self._inner = inner
+        self._metrics = metrics
+        self._up = False
+
+    @property
+    def client_id(self) -> str:
+        """The inner transport's client id."""
+        return self._inner.client_id
+
+    @property
+    def connected(self) -> asyncio.Event:
+        """The inner transport's ``connected`` event."""
+        return self._inner.connected
+
+    async def __aenter__(self) -> Self:
+        """Connect, timing the attempt."""
+        m = self._metrics
+        m.connect_attempt()
+        started = _perf()
+        try:
+            await self._inner.__aenter__()
+        except DeviceSdkError as exc:
+            m.connect_failed(error_kind(exc))
+            raise
+        except BaseException:
+            m.connect_failed("cancelled")
+            raise
+        m.connect_ok(_perf() - started)
+        self._up = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Disconnect."""
+        try:
+            await self._inner.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._up:
+                self._up = False
+                self._metrics.disconnected(None if exc_type is None else exc_type.__name__)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: QoS,
+        *,
+        retain: bool = False,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Publish; a QoS 1 data publish's PUBACK latency is recorded.
+
+        Shadow (``$aws/...``) and command (``cmd/...``) publishes are counted apart, so
+        ``acked`` and the ``puback`` histogram are about the devices' data messages.
+        """
+        started = _perf()
+        try:
+            await self._inner.publish(
+                topic, payload, qos, retain=retain, user_properties=user_properties
+            )
+        except NegativeAckError as exc:
+            self._metrics.error(f"nack:{error_kind(exc)}")
+            raise
+        except (ConnectionLostError, RequestTimeoutError) as exc:
+            self._metrics.error(f"publish:{error_kind(exc)}")
+            raise
+        if qos:
+            if topic[0] == "$" or topic.startswith("cmd/"):
+                self._metrics.counters["control_acked"] += 1  # shadow / command traffic
+            else:
+                self._metrics.acked(_perf() - started)
+
+    async def subscribe(self, filters: Sequence[tuple[str, QoS]]) -> list[int]:
+        """Subscribe through the inner transport."""
+        return await self._inner.subscribe(filters)
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """Unsubscribe through the inner transport."""
+        await self._inner.unsubscribe(filters)
+
+    def messages(self) -> AsyncIterator[Message]:
+        """The inner transport's inbound messages."""
+        return self._inner.messages()
+
+    async def disconnected(self) -> DeviceSdkError | None:
+        """Wait for the end of the connection; count why it ended."""
+        cause = await self._inner.disconnected()
+        if cause is not None:
+            self._metrics.error(f"link:{error_kind(cause)}")
+        return cause
+
+    def statistics(self) -> TransportStatistics:
+        """The inner transport's counters."""
+        return self._inner.statistics()
