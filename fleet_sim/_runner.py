@@ -327,8 +327,10 @@ async def _run_with_target(
             else:
                 snapshots = await _run_workers(configs, live, obs, stop)
             progress.cancel()
+            if op_task is not None and stop.is_set():
+                op_task.cancel()  # stopped early: the devices are gone, do not wait
             if op_task is not None:
-                await op_task
+                await asyncio.wait({op_task})  # does not re-raise the task's cancellation
         if live.sampled:
             if sink is not None:
                 live.received = sink.tracker.received
