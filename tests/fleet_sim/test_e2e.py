@@ -77,7 +77,10 @@ async def test_small_fleet_zero_loss(cloud: LocalIoTCore, tmp_path: Path) -> Non
     }, s
     assert s["errors"]["total"] == 0, s["errors"]
     assert s["shadow"]["updates"] >= 10, s
-    assert s["shadow"]["accepted"] == s["shadow"]["updates"], s
+    # Nothing rejected; at most one update per device may still be in flight when the run
+    # stops (its response arrives after the counters are read).
+    assert s["shadow"]["rejected"] == 0, s["shadow"]
+    assert s["shadow"]["updates"] - 10 <= s["shadow"]["accepted"] <= s["shadow"]["updates"]
     assert s["shadow"]["round_trip"]["count"] >= 10, s
     op = s["operator"]
     assert op["commands_sent"] > 0
