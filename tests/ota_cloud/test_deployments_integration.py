@@ -185,11 +185,9 @@ async def test_device_downloads_with_a_fresh_url_after_403(
         )
         async with asyncio.timeout(60):
             done = await ota.engine.wait(dep.deployment_id, settled=True)
-    if logs[ident.thing_name].reports == [(f"{dep.deployment_id}-b1", "REJECTED")]:
-        pytest.skip(
-            "the jobs service does not render presigned-URL placeholders yet: the hook in "
-            "cloud_stubs/jobs/_service.py (docs/ota_cloud.md, 'Wiring') is not installed"
-        )
+    # The jobs service renders presigned-URL placeholders (cloud_stubs/jobs/_service.py), so
+    # the device must never see an unrendered document and reject it.
+    assert logs[ident.thing_name].reports != [(f"{dep.deployment_id}-b1", "REJECTED")]
     assert done.status is DeploymentStatus.COMPLETED, done.reason
     assert statuses == [403, 200]
     assert len(set(urls)) == 2
