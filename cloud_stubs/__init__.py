@@ -17,13 +17,14 @@ from cloud_stubs._errors import (
     RegistryError,
     StateDirError,
 )
-from cloud_stubs._paths import StatePaths
+from cloud_stubs._paths import SERVICE_CLIENT_PREFIX, StatePaths
 from cloud_stubs._policy import DEFAULT_DATA_PREFIXES
 from cloud_stubs._registry import CertRecord, CertStatus, Registry, ThingRecord
-from cloud_stubs._state import ThingIdentity
+from cloud_stubs._state import ThingIdentity, ensure_things
 
 __all__ = [
     "DEFAULT_DATA_PREFIXES",
+    "SERVICE_CLIENT_PREFIX",
     "BrokerError",
     "CertRecord",
     "CertStatus",
@@ -37,4 +38,5 @@ __all__ = [
     "StatePaths",
     "ThingIdentity",
     "ThingRecord",
+    "ensure_things",
 ]

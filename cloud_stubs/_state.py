@@ -13,7 +13,15 @@ from cloud_stubs._paths import SERVICE_CLIENT_PREFIX, StatePaths
 from cloud_stubs._policy import DEFAULT_DATA_PREFIXES, Role, default_statements, render_statements
 from cloud_stubs._registry import CertStatus, Registry
 
-__all__ = ["ThingIdentity", "ensure_ca", "ensure_state", "issue_thing", "load_ca"]
+__all__ = [
+    "ThingIdentity",
+    "ensure_ca",
+    "ensure_state",
+    "ensure_things",
+    "issue_thing",
+    "issue_things",
+    "load_ca",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -169,3 +177,39 @@ def issue_things(
             progress(1)
     registry.register_certificates(batch)
     return out
+
+
+def ensure_things(state_dir: Path, names: list[str]) -> int:
+    """Make sure every thing in ``names`` is registered with an active certificate on disk.
+
+    Creates the state directory if needed. A thing that already has an active certificate
+    whose files are under the state directory keeps it; the others get fresh certificates in
+    one batch. Works whether or not a broker is running (brokers re-read the snapshot).
+
+    Returns:
+        How many identities were newly issued.
+    """
+    paths = StatePaths.at(state_dir)
+    registry = ensure_state(paths) if not paths.ca_cert.exists() else Registry(paths)
+    try:
+        active: dict[str, set[str]] = {}
+        for cert in registry.list_certificates():
+            if cert.status is CertStatus.ACTIVE and cert.thing_name is not None:
+                active.setdefault(cert.thing_name, set()).add(cert.pem.strip())
+        missing = [name for name in names if not _has_identity(paths, name, active.get(name))]
+        if missing:
+            issue_things(registry, load_ca(paths), missing)
+        return len(missing)
+    finally:
+        registry.close()
+
+
+def _has_identity(paths: StatePaths, name: str, active_pems: set[str] | None) -> bool:
+    if not active_pems:
+        return False
+    tdir = paths.thing_dir(name)
+    try:
+        pem = (tdir / "cert.pem").read_text().strip()
+    except OSError:
+        return False
+    return pem in active_pems and (tdir / "key.pem").is_file()

@@ -141,8 +141,8 @@ def telemetry_filters(scenario: Scenario) -> list[str]:
 
 def service_connection_settings(state_dir: Path, purpose: str) -> tuple[str, ssl.SSLContext]:
     """Client id and TLS context of the stub's privileged service identity."""
-    from cloud_stubs import StatePaths  # noqa: PLC0415 - only stub targets need cloud_stubs
-    from cloud_stubs._paths import SERVICE_CLIENT_PREFIX  # noqa: PLC0415
+    # Only stub targets need cloud_stubs.
+    from cloud_stubs import SERVICE_CLIENT_PREFIX, StatePaths  # noqa: PLC0415
 
     paths = StatePaths.at(state_dir)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(paths.ca_cert))

@@ -195,44 +195,14 @@ def check_identities(target: Target, names: Iterable[str]) -> None:
                 )
 
 
-def _provision_sync(state_dir: Path, names: list[str]) -> int:
-    from cloud_stubs import StatePaths  # noqa: PLC0415 - only stub targets need cloud_stubs
-    from cloud_stubs._registry import CertStatus, Registry  # noqa: PLC0415
-    from cloud_stubs._state import ensure_state, issue_things, load_ca  # noqa: PLC0415
-
-    paths = StatePaths.at(state_dir)
-    registry = ensure_state(paths) if not paths.ca_cert.exists() else Registry(paths)
-    try:
-        active: dict[str, set[str]] = {}
-        for cert in registry.list_certificates():
-            if cert.status is CertStatus.ACTIVE and cert.thing_name is not None:
-                active.setdefault(cert.thing_name, set()).add(cert.pem.strip())
-        missing = []
-        for name in names:
-            pems = active.get(name)
-            if pems is None:
-                missing.append(name)
-                continue
-            try:
-                pem = (paths.thing_dir(name) / "cert.pem").read_text().strip()
-            except OSError:
-                missing.append(name)
-                continue
-            if pem not in pems or not (paths.thing_dir(name) / "key.pem").is_file():
-                missing.append(name)
-        if missing:
-            issue_things(registry, load_ca(paths), missing)
-        return len(missing)
-    finally:
-        registry.close()
-
-
 async def provision_identities(state_dir: Path, names: list[str]) -> int:
     """Register ``names`` in the stub's registry with certificates; return how many were new.
 
     Things that already have an active certificate on disk keep it.
     """
-    issued = await asyncio.to_thread(_provision_sync, state_dir, names)
+    from cloud_stubs import ensure_things  # noqa: PLC0415 - only stub targets need cloud_stubs
+
+    issued = await asyncio.to_thread(ensure_things, state_dir, names)
     _log.info("provisioned %d new identities (%d reused)", issued, len(names) - issued)
     return issued
 
