@@ -25,7 +25,7 @@ and the ratios fleet_sim / baseline. ``--profile DIR`` also records a py-spy fla
 the fleet_sim process during the steady state.
 
 Usage: python benchmarks/bench_fleet.py [--devices 1000] [--seconds 60] [--workers 0]
-       [--only fleet_sim,aiomqtt,awscrt] [--json out.json] [--profile DIR]
+       [--only fleet_sim,fleet_sim:native,aiomqtt,awscrt] [--json out.json] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ import aiomqtt
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
+from cloud_stubs import ensure_things
 from device_sdk import LatencyHistogram
-from fleet_sim._target import _provision_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECT_CONCURRENCY = 256
@@ -106,7 +106,7 @@ def start_stub(state: Path) -> subprocess.Popen[bytes]:
 
 
 def provision(state: Path, n: int) -> None:
-    _provision_sync(state, [f"bench-{i:05d}" for i in range(1, n + 1)])
+    ensure_things(state, [f"bench-{i:05d}" for i in range(1, n + 1)])
 
 
 # -- contestants (child processes) ---------------------------------------------------------------
@@ -301,7 +301,7 @@ def child_main(kind: str, state: Path, n: int, seconds: float) -> None:
 # -- fleet_sim ---------------------------------------------------------------------------------
 
 
-def fleet_scenario(state: Path, n: int, seconds: float) -> str:
+def fleet_scenario(state: Path, n: int, seconds: float, transport: str = "auto") -> str:
     # The duration covers the ramp (unlimited rate, CONNECT_CONCURRENCY in flight), the
     # steady window and the drain.
     return f"""\
@@ -309,7 +309,7 @@ name: bench-fleet
 seed: 1
 duration: {seconds + 12 + n / 400:.0f}
 ramp_up: {{connects_per_second: 100000, max_in_progress: {CONNECT_CONCURRENCY}}}
-target: {{state_dir: "{state}", start_stub: false}}
+target: {{state_dir: "{state}", start_stub: false, transport: {transport}}}
 groups:
   - name: bench
     model: environment_sensor
@@ -323,11 +323,11 @@ groups:
 
 
 def run_fleet_sim(
-    state: Path, n: int, seconds: float, workers: int, profile: Path | None
+    state: Path, n: int, seconds: float, workers: int, profile: Path | None, transport: str
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     scenario = tmp / "scenario.yaml"
-    scenario.write_text(fleet_scenario(state, n, seconds))
+    scenario.write_text(fleet_scenario(state, n, seconds, transport))
     report_path = tmp / "report.json"
     cmd = [
         sys.executable,
@@ -387,7 +387,7 @@ def run_fleet_sim(
     acked = sum(p["acked"] for p in steady)
     cpu = sum(p["cpu"] for p in steady)
     return {
-        "name": "fleet_sim" + (f" (--workers {workers})" if workers else ""),
+        "name": f"fleet_sim[{transport}]" + (f" (--workers {workers})" if workers else ""),
         "devices": n,
         "connected": s["connects"]["ok"],
         "connects_per_s": s["connects"]["per_second"],
@@ -455,18 +455,18 @@ def print_table(results: list[dict[str, Any]], n: int, seconds: float) -> None:
             v = r.get(key)
             row += ("—" if v is None else f"{v:,}").rjust(width)
         print(row)
-    fs = next((r for r in results if r["name"].startswith("fleet_sim")), None)
-    if fs is None:
-        return
-    for base in results:
-        if base is fs or "error" in base:
+    for fs in results:
+        if not fs["name"].startswith("fleet_sim") or "error" in fs:
             continue
-        parts = []
-        for label, key, _ in COLUMNS:
-            a, b = fs.get(key), base.get(key)
-            if a and b:
-                parts.append(f"{label}: {a / b:.2f}x")
-        print(f"\nfleet_sim / {base['name']}: " + "; ".join(parts))
+        for base in results:
+            if base["name"].startswith("fleet_sim") or "error" in base:
+                continue
+            parts = []
+            for label, key, _ in COLUMNS:
+                a, b = fs.get(key), base.get(key)
+                if a and b:
+                    parts.append(f"{label}: {a / b:.2f}x")
+            print(f"\n{fs['name']} / {base['name']}: " + "; ".join(parts))
 
 
 def main() -> None:
@@ -476,7 +476,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=0, help="fleet_sim shard processes (0: in-process)"
     )
-    parser.add_argument("--only", default="fleet_sim,aiomqtt,awscrt")
+    parser.add_argument(
+        "--only",
+        default="fleet_sim,aiomqtt,awscrt",
+        help="contestants, comma-separated: fleet_sim[:TRANSPORT] (crt, paho, native), "
+        "aiomqtt, awscrt",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument(
         "--profile", type=Path, help="py-spy flame graph of fleet_sim into this directory"
@@ -499,9 +504,17 @@ def main() -> None:
         results = []
         for kind in args.only.split(","):
             print(f"running {kind} ...", flush=True)
-            if kind == "fleet_sim":
+            if kind.startswith("fleet_sim"):
+                _, _, transport = kind.partition(":")
                 results.append(
-                    run_fleet_sim(state, args.devices, args.seconds, args.workers, args.profile)
+                    run_fleet_sim(
+                        state,
+                        args.devices,
+                        args.seconds,
+                        args.workers,
+                        args.profile,
+                        transport or "auto",
+                    )
                 )
             else:
                 results.append(run_child(kind, state, args.devices, args.seconds))
