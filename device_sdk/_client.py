@@ -1,15 +1,23 @@
 """``DeviceClient``: one device's MQTT session with a durable outbox and reconnection.
 
 ``async with DeviceClient(identity, endpoint) as device:`` opens the outbox, connects, and
-runs three named background tasks in one ``asyncio.TaskGroup``:
+runs its background work in one ``asyncio.TaskGroup``:
 
 * ``device_sdk[<thing>].connection_loop`` — connect, then per connection: resubscribe once per
-  filter, run the receive loop and the sender, wait for the link to drop, requeue what was in
-  flight, back off with full jitter (:class:`~device_sdk.ReconnectPolicy`), repeat; stops on
+  filter, run the receive loop and the sender, wait for the link to drop (or the client to
+  stop), requeue what was in flight, back off with full jitter
+  (:class:`~device_sdk.ReconnectPolicy`), repeat; stops on
   :class:`~device_sdk.AuthorizationError`.
 * ``device_sdk[<thing>].receive_loop`` — routes inbound messages to subscriptions.
-* ``device_sdk[<thing>].sender`` — drains the outbox in order with a bounded in-flight window,
-  respecting the 100 publishes/s limit; deletes each message on its PUBACK.
+* ``device_sdk[<thing>].link_watch`` — awaits the transport's ``disconnected()``.
+* the sender — drains the outbox in order with a bounded in-flight window, respecting the
+  100 publishes/s limit; deletes each message on its PUBACK. With a
+  :class:`~device_sdk.transport.PipelinedTransport` (CRT, native) it is the task-less,
+  callback-driven ``_PipelinedSender`` (``start_publish`` futures, one ack-timeout timer per
+  client); otherwise the ``device_sdk[<thing>].sender`` task awaits ``publish`` in one task
+  per message.
+
+So an idle connected client holds three tasks (four without ``start_publish``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from device_sdk._subscription import Subscription, topic_matches
 from device_sdk.transport._base import (
     ConnectionOptions,
     Message,
+    PipelinedTransport,
     QoS,
     Transport,
     TransportStatistics,
@@ -128,6 +137,9 @@ class DeviceClient:
         logger: Logger (defaults to this module's).
     """
 
+    _pipelined = True
+    """Use ``start_publish`` when the transport has it (private switch for benchmarks/tests)."""
+
     def __init__(
         self,
         identity: DeviceIdentity,
@@ -166,7 +178,8 @@ class DeviceClient:
         self._owns_outbox = False
         self._tg: asyncio.TaskGroup | None = None
         self._conn_task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event = asyncio.Event()
+        # Resolved when the client stops: waited on directly (no watcher task per connection).
+        self._stop_fut: asyncio.Future[None] | None = None
         self._will_on_stop = False
         self._first_attempt: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
@@ -288,7 +301,7 @@ class DeviceClient:
 
     async def _open(self) -> None:
         self._failure = None
-        self._stop = asyncio.Event()
+        self._stop_fut = asyncio.get_running_loop().create_future()
         self._will_on_stop = False
         self._set_state(ClientState.CONNECTING)
         if self._transport is None:
@@ -343,7 +356,8 @@ class DeviceClient:
 
     async def _shutdown(self, *, exc_type: type[BaseException] | None) -> None:
         self._will_on_stop = exc_type is not None and issubclass(exc_type, Exception)
-        self._stop.set()
+        if self._stop_fut is not None and not self._stop_fut.done():
+            self._stop_fut.set_result(None)
         task = self._conn_task
         if task is not None and not task.done() and not self._connected.is_set():
             task.cancel()
@@ -369,7 +383,7 @@ class DeviceClient:
         transport = self.transport
         attempt = 0
         last_connect = -self._policy.min_interval_s
-        while not self._stop.is_set():
+        while not self._is_stopping():
             wait = last_connect + self._policy.min_interval_s - self._clock.now()
             if wait > 0 and await self._sleep_or_stop(wait):
                 return
@@ -381,7 +395,7 @@ class DeviceClient:
                     connected_at = self._clock.now()
                     self._on_connected()
                     cause = await self._run_connection(transport)
-                    if self._stop.is_set() and self._will_on_stop:
+                    if self._is_stopping() and self._will_on_stop:
                         raise _WillExit  # noqa: TRY301 - makes the transport send the Will
                 error = cause or ConnectionLostError("connection closed")
             except _WillExit:
@@ -390,7 +404,7 @@ class DeviceClient:
                 error = exc
             finally:
                 self._on_disconnected(connected=connected_at is not None)
-            if self._stop.is_set():
+            if self._is_stopping():
                 return
             if connected_at is None:
                 self._counters["connect_failures"] += 1
@@ -415,14 +429,17 @@ class DeviceClient:
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
         """Sleep on the injected clock; return True if the client is stopping."""
+        if self._stop_fut is None or self._stop_fut.done():
+            return True
         sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sleeper, self._stop_fut}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
-            stopper.cancel()
-        return self._stop.is_set()
+        return self._is_stopping()
+
+    def _is_stopping(self) -> bool:
+        return self._stop_fut is None or self._stop_fut.done()
 
     def _on_connected(self) -> None:
         self._counters["connects"] += 1
@@ -454,25 +471,48 @@ class DeviceClient:
                 sub._close(error)  # noqa: SLF001
 
     async def _run_connection(self, transport: Transport) -> DeviceSdkError | None:
-        """Run one connection: resubscribe, then send; return the cause when it ends."""
+        """Run one connection: resubscribe, then send; return the cause when it ends.
+
+        Tasks while connected: the receive loop, the link watch (``disconnected()``) and, for
+        transports without ``start_publish``, the sender. The pipelined sender is driven by
+        callbacks (no task); stopping is awaited as a plain future; resubscribing needs a
+        task only when there are filters.
+        """
         name = self._name
+        stop = self._stop_fut
+        if stop is None:  # never: _open creates it before the connection loop starts
+            raise ClosedError(f"{name} is not open")
         async with asyncio.TaskGroup() as tg:
             receiver = tg.create_task(self._receive_loop(transport), name=f"{name}.receive_loop")
             down = tg.create_task(transport.disconnected(), name=f"{name}.link_watch")
-            stop = tg.create_task(self._stop.wait(), name=f"{name}.stop_watch")
-            resubscribe = tg.create_task(self._resubscribe(transport), name=f"{name}.resubscribe")
-            # Resubscribe first (a request published next may expect its answer on one of
-            # the filters), but never wait for SUBACKs on a link that is already gone.
-            await asyncio.wait({resubscribe, down, stop}, return_when=asyncio.FIRST_COMPLETED)
+            resubscribe: asyncio.Task[None] | None = None
+            if any(self._subs.values()):
+                resubscribe = tg.create_task(
+                    self._resubscribe(transport), name=f"{name}.resubscribe"
+                )
+                # Resubscribe first (a request published next may expect its answer on one
+                # of the filters), but never wait for SUBACKs on a link that is already gone.
+                first: set[asyncio.Future[Any]] = {resubscribe, down, stop}
+                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if not down.done() and not stop.done():
                 self._generation += 1
                 self._resubscribed = True
                 self._notify_change()
-                sender = tg.create_task(self._send_loop(transport), name=f"{name}.sender")
-                await asyncio.wait({down, stop}, return_when=asyncio.FIRST_COMPLETED)
-                sender.cancel()
-            resubscribe.cancel()
-            stop.cancel()
+                sender: asyncio.Task[None] | _PipelinedSender
+                if self._pipelined and isinstance(transport, PipelinedTransport):
+                    sender = _PipelinedSender(self, transport, self.outbox)
+                    sender.start()
+                else:
+                    sender = tg.create_task(
+                        self._awaited_send_loop(transport), name=f"{name}.sender"
+                    )
+                ending: set[asyncio.Future[Any]] = {down, stop}
+                try:
+                    await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sender.cancel()
+            if resubscribe is not None:
+                resubscribe.cancel()
             if not down.done():  # stopping: the link is still up; drop what is buffered
                 down.cancel()
                 receiver.cancel()
@@ -512,7 +552,8 @@ class DeviceClient:
                             "%s: subscription %r is full: dropped a message", self._name, flt
                         )
 
-    async def _send_loop(self, transport: Transport) -> None:
+    async def _awaited_send_loop(self, transport: Transport) -> None:
+        """The sender for transports without ``start_publish``: one task per message."""
         outbox = self.outbox
         window = asyncio.Semaphore(self._window_size)
         async with asyncio.TaskGroup() as tg:
@@ -543,27 +584,35 @@ class DeviceClient:
                     record.topic, record.payload, 1, user_properties=record.user_properties
                 )
         except NegativeAckError as exc:
-            self._counters["nacked"] += 1
-            self._logger.warning(
-                "%s: message %s on %r refused (%#04x); removed from the outbox",
-                self._name,
-                record.msg_id,
-                record.topic,
-                exc.reason_code,
-            )
-            outbox.fail(record.id, exc)
+            self._on_nack(outbox, record, exc)
         except (TimeoutError, RequestTimeoutError):
             self._counters["ack_timeouts"] += 1
             outbox.requeue(record.id)
         except (ConnectionLostError, ClosedError):
             pass  # stays in flight; requeued in order when the connection ends
         else:
-            self._counters["acked"] += 1
-            self._puback_latency.record(self._clock.now() - started)
-            self._e2e_latency.record(self._clock.wall() - record.created_at)
-            outbox.ack(record.id)
+            self._on_ack(outbox, record, started)
         finally:
             window.release()
+
+    def _on_ack(self, outbox: Outbox, record: OutboxRecord, started: float) -> None:
+        counters = self._counters
+        counters["acked"] += 1
+        clock = self._clock
+        self._puback_latency.record(clock.now() - started)
+        self._e2e_latency.record(clock.wall() - record.created_at)
+        outbox.ack(record.id)
+
+    def _on_nack(self, outbox: Outbox, record: OutboxRecord, exc: NegativeAckError) -> None:
+        self._counters["nacked"] += 1
+        self._logger.warning(
+            "%s: message %s on %r refused (%#04x); removed from the outbox",
+            self._name,
+            record.msg_id,
+            record.topic,
+            exc.reason_code,
+        )
+        outbox.fail(record.id, exc)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -742,3 +791,194 @@ class DeviceClient:
     def transport_statistics(self) -> TransportStatistics:
         """The transport's counters."""
         return self.transport.statistics()
+
+
+class _PipelinedSender:
+    """The sender of one connection over a :class:`PipelinedTransport` (internal).
+
+    No task at all, and no ``asyncio.timeout`` per message: :meth:`_pump` runs when messages
+    become ready (the outbox calls it after a commit or a requeue), when a PUBACK frees room
+    in the window, and when the rate limiter grants a token. It takes records from the outbox
+    in batches, calls ``start_publish`` and attaches a done-callback. In-flight records live
+    in an insertion-ordered dict (send order) with their send times; the window is the size
+    of that dict. The ack timeout is enforced by ONE timer handle armed for the oldest
+    in-flight record and re-armed lazily when it fires. Outcomes are those of the awaited
+    path: PUBACK -> ``ack``; negative PUBACK -> ``fail``; timeout -> cancel the future and
+    ``requeue``; connection lost -> the record stays in flight in the outbox and is requeued
+    in order when the connection ends. :meth:`cancel` processes futures that already
+    completed and cancels the others (their PUBACKs are then ignored).
+    """
+
+    __slots__ = (
+        "_active",
+        "_bucket",
+        "_busy",
+        "_client",
+        "_counters",
+        "_inflight",
+        "_link_lost",
+        "_loop",
+        "_on_done_cb",
+        "_outbox",
+        "_refill",
+        "_timeout",
+        "_timer",
+        "_tokens",
+        "_transport",
+        "_window",
+    )
+
+    def __init__(self, client: DeviceClient, transport: PipelinedTransport, outbox: Outbox) -> None:
+        self._client = client
+        self._transport = transport
+        self._outbox = outbox
+        self._bucket = client._bucket  # noqa: SLF001 - companion class
+        self._counters = client._counters  # noqa: SLF001
+        self._window = client._window_size  # noqa: SLF001
+        self._timeout = client._options.ack_timeout_s  # noqa: SLF001
+        self._loop = asyncio.get_running_loop()
+        # future -> (record, clock time sent, loop time sent), in send order
+        self._inflight: dict[asyncio.Future[None], tuple[OutboxRecord, float, float]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._refill: asyncio.Task[None] | None = None
+        self._tokens = 0
+        self._busy = False
+        self._active = False
+        self._link_lost = False
+        self._on_done_cb = self._on_done
+
+    def start(self) -> None:
+        """Start sending: register with the outbox and send what is ready."""
+        self._active = True
+        self._outbox._set_listener(self._pump)  # noqa: SLF001 - companion class
+        self._pump()
+
+    def cancel(self) -> None:
+        """Stop sending (idempotent); records in flight stay in flight in the outbox."""
+        if not self._active:
+            return
+        self._active = False
+        self._outbox._set_listener(None)  # noqa: SLF001
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+        for fut in list(self._inflight):
+            if fut.done():
+                self._on_done(fut)  # a PUBACK whose callback has not run yet
+            else:
+                fut.cancel()
+        self._inflight.clear()
+
+    def _pump(self) -> None:
+        """Send as many ready records as the window and the rate limit allow."""
+        if self._busy or not self._active or self._link_lost:
+            return
+        self._busy = True
+        try:
+            self._send_ready()
+        finally:
+            self._busy = False
+
+    def _send_ready(self) -> None:
+        outbox = self._outbox
+        inflight = self._inflight
+        bucket = self._bucket
+        start_publish = self._transport.start_publish
+        on_done = self._on_done_cb
+        clock_now = self._client._clock.now  # noqa: SLF001
+        while True:
+            wanted = min(self._window - len(inflight), outbox.ready)
+            if wanted <= 0:
+                return
+            granted, self._tokens = self._tokens, 0
+            while granted < wanted and bucket.try_acquire():
+                granted += 1
+            if granted == 0:
+                self._wait_for_token()
+                return
+            started = clock_now()
+            sent = self._loop.time()
+            for record in outbox.take_batch(granted):
+                try:
+                    fut = start_publish(
+                        record.topic, record.payload, 1, user_properties=record.user_properties
+                    )
+                except (ConnectionLostError, ClosedError):
+                    # The link is gone: what was taken stays in flight in the outbox and is
+                    # requeued in order when the connection ends (then cancel() runs).
+                    self._link_lost = True
+                    return
+                inflight[fut] = (record, started, sent)
+                fut.add_done_callback(on_done)
+            if self._timer is None and inflight:
+                self._timer = self._loop.call_at(sent + self._timeout, self._expire)
+            if granted < wanted:
+                self._wait_for_token()
+                return
+
+    def _wait_for_token(self) -> None:
+        if self._refill is None:
+            self._refill = self._loop.create_task(self._acquire_token())
+
+    async def _acquire_token(self) -> None:
+        await self._bucket.acquire()
+        self._refill = None
+        self._tokens += 1
+        self._pump()
+
+    def _on_done(self, fut: asyncio.Future[None]) -> None:
+        entry = self._inflight.pop(fut, None)
+        if entry is None:
+            return  # timed out, or the sender stopped: already handled
+        record, started, _ = entry
+        client = self._client
+        outbox = self._outbox
+        if fut.cancelled():
+            outbox.requeue(record.id)
+        else:
+            exc = fut.exception()
+            if exc is None:
+                client._on_ack(outbox, record, started)  # noqa: SLF001
+            elif isinstance(exc, NegativeAckError):
+                client._on_nack(outbox, record, exc)  # noqa: SLF001
+            elif isinstance(exc, TimeoutError | RequestTimeoutError):
+                self._counters["ack_timeouts"] += 1
+                outbox.requeue(record.id)
+            elif not isinstance(exc, ConnectionLostError | ClosedError):
+                client._logger.warning(  # noqa: SLF001
+                    "%s: publish of %s failed: %r; replayed after reconnecting",
+                    client._name,  # noqa: SLF001
+                    record.msg_id,
+                    exc,
+                )
+            # Connection lost: stays in flight; requeued in order when the connection ends.
+        if outbox.ready:
+            self._pump()
+
+    def _expire(self) -> None:
+        """The oldest in-flight record's ack deadline passed: requeue what timed out."""
+        self._timer = None
+        inflight = self._inflight
+        timeout = self._timeout
+        now = self._loop.time()
+        expired = 0
+        busy, self._busy = self._busy, True  # requeue all before re-sending any
+        try:
+            while inflight:
+                fut = next(iter(inflight))
+                record, _, sent = inflight[fut]
+                if sent + timeout > now:
+                    self._timer = self._loop.call_at(sent + timeout, self._expire)
+                    break
+                del inflight[fut]
+                fut.cancel()  # its PUBACK, if it still comes, is ignored
+                self._outbox.requeue(record.id)
+                expired += 1
+        finally:
+            self._busy = busy
+        if expired:
+            self._counters["ack_timeouts"] += expired
+            self._pump()

@@ -7,8 +7,16 @@ Design
   wakes up are committed in **one transaction** (group commit), across all devices that share
   the file; results go back to each caller's event loop with one
   ``loop.call_soon_threadsafe`` per batch. The event loop never touches SQLite.
-* **Loop-side coalescing**: an :class:`Outbox` collects the inserts and deletes issued during
-  one loop iteration and submits them as a single job (``loop.call_soon``).
+* **Loop-side coalescing**: an :class:`Outbox` collects the inserts (and ``drop_oldest``
+  deletes) issued during one loop iteration and submits them as a single job
+  (``loop.call_soon``).
+* **Lazy acknowledgements**: the deletes of acknowledged (or refused) messages of *all*
+  outboxes of a database are queued on the :class:`OutboxDatabase` and committed together
+  at most 0.1 s later, in one job and one ``executemany``. Durability: an ``enqueue`` that
+  returned is on disk and stays there until its delete commits, so a crash can never lose an
+  unacknowledged message; it may re-send messages acknowledged in the last 0.1 s
+  (at-least-once, de-duplicated downstream by ``msg-id``). :meth:`Outbox.flush`,
+  :meth:`Outbox.aclose` and :meth:`OutboxDatabase.aclose` commit them at once.
 * **Ids** are allocated in memory from the table's AUTOINCREMENT sequence, so a record's
   position is known before its insert commits; ids are never reused.
 * **State in memory**: each outbox keeps its unacknowledged records (waiting, in flight,
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -47,7 +56,7 @@ from device_sdk._outbox_store import (
 from device_sdk.transport._base import UserProperties
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
 
@@ -80,9 +89,36 @@ def _new_waiter() -> asyncio.Future[None]:
     return fut
 
 
+class _MsgIdSource:
+    """Per-process state of :func:`new_msg_id`: a random prefix and a counter."""
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        # 48 random bits per process (fresh after every fork, so shards never share them).
+        self.prefix = secrets.token_hex(6)
+        self.counter = itertools.count(secrets.randbits(32))
+
+
+_MSG_IDS = _MsgIdSource()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_MSG_IDS.reseed)
+
+
 def new_msg_id() -> str:
-    """A unique, time-ordered message id: 48-bit milliseconds + 80 random bits, as 32 hex chars."""
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    """A unique, time-ordered message id, as 32 hex chars, without a syscall per id.
+
+    48-bit milliseconds since the epoch, then a 48-bit random prefix drawn once per process
+    (and again in a forked child), then a 32-bit counter starting at a random value. Within a
+    process, (milliseconds, counter) never repeats unless 2**32 ids are drawn within one
+    millisecond; across processes and restarts, a collision needs the same millisecond, the
+    same 48 random bits and the same counter value.
+    """
+    src = _MSG_IDS
+    return f"{time.time_ns() // 1_000_000:012x}{src.prefix}{next(src.counter) & 0xFFFFFFFF:08x}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,6 +214,7 @@ class Outbox:
         self._sent_before: set[int] = {r.id for r in self._unsent}
         self._ack_waiters: dict[int, asyncio.Future[None]] = {}
         self._available = asyncio.Event()
+        self._listener: Callable[[], None] | None = None
         self._pending_inserts: list[tuple[OutboxRecord, asyncio.Future[None]]] = []
         self._pending_deletes: list[int] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -234,6 +271,7 @@ class Outbox:
         self._closed = True
         self._available.set()
         self._flush()
+        await self._db.flush_deletes()
         await self._idle.wait()
         for fut in self._ack_waiters.values():
             if not fut.done():
@@ -392,7 +430,7 @@ class Outbox:
                 r.msg_id,
                 r.topic,
                 r.payload,
-                json.dumps(r.extra_properties),
+                json.dumps(r.extra_properties) if r.extra_properties else "[]",
                 r.created_at,
             )
             for r, _ in inserts
@@ -439,12 +477,15 @@ class Outbox:
                 self._available.set()
             if not fut.done():
                 fut.set_result(None)
+        if self._listener is not None and self._unsent:
+            self._listener()
 
     async def flush(self) -> None:
-        """Wait until every queued insert and delete is committed."""
+        """Wait until every queued insert and delete (including lazy acks) is committed."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()
+        await self._db.flush_deletes()
         await self._idle.wait()
 
     # -- consuming ----------------------------------------------------------------------
@@ -462,6 +503,56 @@ class Outbox:
             self._sent_before.add(record.id)
         return record
 
+    @property
+    def ready(self) -> int:
+        """Committed messages waiting to be taken."""
+        return len(self._unsent)
+
+    def _set_listener(self, listener: Callable[[], None] | None) -> None:
+        """Internal: ``listener()`` runs whenever messages become ready to take (one at a time).
+
+        Used by the client's pipelined sender so that a commit starts the next publish
+        directly instead of waking a task.
+        """
+        self._listener = listener
+
+    def take_batch(self, limit: int) -> list[OutboxRecord]:
+        """Up to ``limit`` committed messages in order, now marked in flight (maybe none)."""
+        unsent = self._unsent
+        if not unsent:
+            return []
+        inflight = self._inflight
+        sent_before = self._sent_before
+        batch: list[OutboxRecord] = []
+        replayed = 0
+        for _ in range(min(limit, len(unsent))):
+            record = unsent.popleft()
+            rid = record.id
+            inflight[rid] = record
+            if rid in sent_before:
+                replayed += 1
+            else:
+                sent_before.add(rid)
+            batch.append(record)
+        counts = self._counts
+        counts["sent"] += len(batch)
+        if replayed:
+            counts["replayed"] += replayed
+        return batch
+
+    async def wait_available(self) -> None:
+        """Wait until a committed message can be taken (returns at once if one can).
+
+        Raises:
+            ClosedError: The outbox was closed.
+        """
+        while True:
+            self._check_open()
+            if self._unsent:
+                return
+            self._available.clear()
+            await self._available.wait()
+
     async def take(self) -> OutboxRecord:
         """Wait for the next message in order and mark it in flight.
 
@@ -477,14 +568,17 @@ class Outbox:
             await self._available.wait()
 
     def ack(self, record_id: int) -> bool:
-        """PUBACK received: delete the message. Returns ``False`` if it was already gone."""
+        """PUBACK received: delete the message. Returns ``False`` if it was already gone.
+
+        The message leaves memory at once; its row is deleted lazily (see the module
+        documentation): a crash before that commit re-sends it.
+        """
         record = self._inflight.get(record_id)
         if record is None:
             return False
         self._forget(record_id)
         self._counts["acked"] += 1
-        self._pending_deletes.append(record_id)
-        self._schedule_flush()
+        self._db.delete_lazily(record_id)
         waiter = self._ack_waiters.pop(record_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -497,8 +591,7 @@ class Outbox:
             return False
         self._forget(record_id)
         self._counts["failed"] += 1
-        self._pending_deletes.append(record_id)
-        self._schedule_flush()
+        self._db.delete_lazily(record_id)
         waiter = self._ack_waiters.pop(record_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -517,6 +610,8 @@ class Outbox:
             )
             self._unsent.insert(index, record)
         self._available.set()
+        if self._listener is not None:
+            self._listener()
         return True
 
     def requeue_in_flight(self) -> int:
@@ -526,6 +621,8 @@ class Outbox:
         self._unsent.extendleft(reversed(records))
         if records:
             self._available.set()
+            if self._listener is not None:
+                self._listener()
         return len(records)
 
     def wait_acked(self, record_id: int) -> asyncio.Future[None]:

@@ -45,6 +45,7 @@ _LOG = logging.getLogger(__name__)
 Synchronous = Literal["normal", "full"]
 
 _MAX_BATCH_JOBS = 512
+_ACK_FLUSH_S = 0.1
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -155,10 +156,11 @@ def _deliver(items: list[tuple[Callable[[Any, BaseException | None], None], Any,
 class _Writer(threading.Thread):
     """The single thread that owns the SQLite connection of one database file."""
 
-    def __init__(self, path: str, synchronous: Synchronous) -> None:
+    def __init__(self, path: str, synchronous: Synchronous, commit_delay_s: float = 0.0) -> None:
         super().__init__(name=f"device_sdk-outbox[{Path(path).name}]", daemon=True)
         self._path = path
         self._synchronous = synchronous
+        self._commit_delay_s = commit_delay_s
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.ready = threading.Event()
         self.init_error: BaseException | None = None
@@ -198,6 +200,8 @@ class _Writer(threading.Thread):
                 job = self._jobs.get()
                 if job is None:
                     break
+                if self._commit_delay_s > 0:
+                    time.sleep(self._commit_delay_s)  # let more jobs join this transaction
                 batch = [job]
                 while len(batch) < _MAX_BATCH_JOBS:
                     try:
@@ -275,18 +279,38 @@ class OutboxDatabase:
         self._ids = itertools.count(writer.first_id)
         self._devices: set[str] = set()
         self._closed = False
+        # Deletes of acknowledged rows, from every outbox of this database: one job per
+        # _ACK_FLUSH_S (lazy: a crash in between re-sends them, never loses an unacked one).
+        self._lazy_deletes: list[tuple[int]] = []
+        self._lazy_handle: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str] | None, *, synchronous: Synchronous = "full"
+        cls,
+        path: str | os.PathLike[str] | None,
+        *,
+        synchronous: Synchronous = "full",
+        commit_delay_s: float = 0.0,
     ) -> Self:
         """Open (creating if needed) the database at ``path`` (``None``: in memory).
 
+        Args:
+            path: The SQLite file, or ``None`` for a database in memory.
+            synchronous: SQLite ``synchronous`` mode in WAL (``"full"``: survives power loss).
+            commit_delay_s: Group-commit window: the writer waits this long after the first
+                queued job so that jobs queued meanwhile (by any outbox) share its
+                transaction and its one result hand-off to the loop. Adds that much latency
+                to ``enqueue``; ``0`` (default) commits as soon as the writer is free. A few
+                milliseconds suit a simulated fleet sharing one file.
+
         Raises:
             OutboxStorageError: The file cannot be opened or initialised.
+            ValueError: ``commit_delay_s`` is outside 0..1 s.
         """
         target = ":memory:" if path is None else os.fspath(path)
-        writer = _Writer(target, synchronous)
+        if not 0.0 <= commit_delay_s <= 1.0:
+            raise ValueError("commit_delay_s must be within 0..1 s")
+        writer = _Writer(target, synchronous, commit_delay_s)
         writer.start()
         await asyncio.to_thread(writer.ready.wait)
         if writer.init_error is not None:
@@ -322,6 +346,47 @@ class OutboxDatabase:
         loop = asyncio.get_running_loop() if callback is not None else None
         self._writer.submit(_Job(loop, callback, rows or [], deletes or [], fn))
 
+    def delete_lazily(self, record_id: int) -> None:
+        """Queue the delete of an acknowledged row (call on the event loop).
+
+        Deletes from all outboxes of this database are committed together, at most
+        ``_ACK_FLUSH_S`` (0.1 s) later, in one job with one ``executemany``: acknowledgements
+        are persisted lazily. A crash before that commit makes the next :meth:`outbox` replay
+        those messages (at-least-once); it can never lose an unacknowledged one.
+        """
+        self._lazy_deletes.append((record_id,))
+        if self._lazy_handle is None:
+            self._lazy_handle = asyncio.get_running_loop().call_later(
+                _ACK_FLUSH_S, self._flush_deletes
+            )
+
+    def _flush_deletes(self) -> asyncio.Future[None] | None:
+        """Submit the queued lazy deletes now; the future resolves once they are committed."""
+        if self._lazy_handle is not None:
+            self._lazy_handle.cancel()
+            self._lazy_handle = None
+        gone, self._lazy_deletes = self._lazy_deletes, []
+        if not gone or self._closed:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(_result: object, error: BaseException | None) -> None:
+            if error is not None:
+                _LOG.warning(
+                    "outbox: %d deletes failed; those messages may be sent again", len(gone)
+                )
+            if not fut.done():
+                fut.set_result(None)
+
+        self.submit(done, deletes=gone)
+        return fut
+
+    async def flush_deletes(self) -> None:
+        """Commit the queued deletes of acknowledged rows now and wait for the commit."""
+        fut = self._flush_deletes()
+        if fut is not None:
+            await fut
+
     async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``fn`` on the writer thread (in a transaction) and return its result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -354,6 +419,7 @@ class OutboxDatabase:
         if device_id in self._devices:
             raise ValueError(f"outbox of {device_id!r} is already open in {self._path}")
         self._devices.add(device_id)
+        self._flush_deletes()  # queued before the read: acked rows are not recovered
         try:
             rows = await self.run(
                 lambda conn: conn.execute(
@@ -386,6 +452,7 @@ class OutboxDatabase:
         """Finish queued writes and stop the writer thread."""
         if self._closed:
             return
+        self._flush_deletes()
         self._closed = True
         self._writer.submit(None)
         await asyncio.to_thread(self._writer.join)

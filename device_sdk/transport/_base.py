@@ -25,6 +25,7 @@ __all__ = [
     "ConnectionOptions",
     "Message",
     "MessageBuffer",
+    "PipelinedTransport",
     "QoS",
     "Transport",
     "TransportStatistics",
@@ -229,6 +230,28 @@ class Transport(Protocol):
 
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters."""
+        ...
+
+
+@runtime_checkable
+class PipelinedTransport(Transport, Protocol):
+    """A :class:`Transport` that can queue a PUBLISH without awaiting it (internal, optional).
+
+    :class:`~device_sdk.DeviceClient` uses :meth:`start_publish` when a transport implements it
+    (an ``isinstance`` check) and falls back to ``await transport.publish(...)`` otherwise.
+    """
+
+    def start_publish(
+        self, topic: str, payload: bytes, qos: QoS, *, user_properties: UserProperties = ()
+    ) -> asyncio.Future[None]:
+        """Queue one PUBLISH without awaiting anything (call on the event-loop thread).
+
+        The returned future resolves when the PUBACK arrives (QoS 1) or once the packet is handed to
+        the network (QoS 0); it fails with NegativeAckError on a failure reason code and with
+        ConnectionLostError if the connection ends first. Raises ConnectionLostError at once if not
+        connected. No timeout: the caller owns timeouts (it may cancel the future; a cancelled
+        future's PUBACK is then ignored). Counters in statistics() are updated as for publish().
+        """
         ...
 
 

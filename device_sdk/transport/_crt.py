@@ -1,9 +1,17 @@
 """Transport on the AWS Common Runtime MQTT 5 client (awsiotsdk ``mqtt5_client_builder``).
 
-CRT invokes callbacks on its own event-loop threads. Every callback only hands its data to
-the caller's asyncio loop with ``loop.call_soon_threadsafe``; all state lives on that loop.
-Operation futures (``concurrent.futures``) are wrapped with ``asyncio.wrap_future`` and raced
-against the end of the connection, so a publish never hangs on a dead link.
+CRT invokes callbacks on its own event-loop threads. Every callback only appends its event to
+a thread-safe deque shared by all CRT transports of the same asyncio loop (a
+:class:`_LoopMailbox`); ONE ``loop.call_soon_threadsafe`` drain is scheduled per batch of
+events (only when none is pending), and the drain runs them on that loop in arrival order. So
+all state lives on the loop, and a burst of PUBACKs or inbound messages, across all the
+connections of a simulated fleet, costs one cross-thread wake-up instead of one each.
+:meth:`CrtTransport.start_publish` (the :class:`~device_sdk.transport.PipelinedTransport` fast
+path; :meth:`CrtTransport.publish` is built on it) completes an asyncio future from that
+drain; futures still pending when the connection ends fail with
+:class:`~device_sdk.ConnectionLostError`, so a publish never hangs on a dead link.
+Subscribe/unsubscribe futures are wrapped with ``asyncio.wrap_future`` and raced against the
+end of the connection.
 
 The CRT client would reconnect on its own. Reconnection is the
 :class:`~device_sdk.DeviceClient`'s job (one written policy for both transports), so on the
@@ -16,7 +24,10 @@ on *connection failure*; *disconnection* resolves :meth:`CrtTransport.disconnect
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
+import weakref
 from typing import TYPE_CHECKING, Any, Self
 
 from awscrt import exceptions as crt_exceptions
@@ -46,7 +57,7 @@ from device_sdk.transport._errors import AUTH_SUBACK_CODES, NON_RETRYABLE_CONNAC
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
     from types import TracebackType
 
     from device_sdk._identity import DeviceIdentity, Endpoint
@@ -88,6 +99,58 @@ def map_crt_error(
     return ConnectionLostError(f"connection lost: {text}", reason_code=reason_code)
 
 
+class _LoopMailbox:
+    """Events from CRT threads for one asyncio loop, drained in batches on that loop.
+
+    Under the GIL the flag cannot lose a wake-up: the drain clears it *before* emptying the
+    deque, and a poster appends *before* reading it. A rare double schedule is harmless (the
+    second drain finds nothing).
+    """
+
+    __slots__ = ("__weakref__", "_events", "_logger", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._events: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._scheduled = False
+        self._logger = logging.getLogger(__name__)
+
+    def post(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        """Queue ``fn(*args)`` for the loop (any thread); schedule a drain if none is pending."""
+        self._events.append((fn, args))
+        if self._scheduled:
+            return
+        self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self._events.clear()
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        events = self._events
+        while events:
+            fn, args = events.popleft()
+            try:
+                fn(*args)
+            except Exception:  # one bad event must not starve the others
+                self._logger.exception("CRT event handler failed")
+
+
+_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopMailbox] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _LoopMailbox:
+    box = _MAILBOXES.get(loop)
+    if box is None:
+        box = _MAILBOXES[loop] = _LoopMailbox(loop)
+    return box
+
+
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -126,7 +189,9 @@ class CrtTransport:
         self._down: asyncio.Future[DeviceSdkError | None] | None = None
         self._last_cause: DeviceSdkError | None = None
         self._closing = False
-        self._in_flight = 0
+        # Publishes started and not yet completed (their futures), failed when the link ends.
+        self._pending: set[asyncio.Future[None]] = set()
+        self._mailbox: _LoopMailbox | None = None
         self._buffer = MessageBuffer(self._options.receive_buffer)
         self._counts = dict.fromkeys(
             ("connects", "connect_failures", "disconnects", "published", "acked", "nacked"), 0
@@ -216,14 +281,10 @@ class CrtTransport:
 
     # -- CRT threads -> loop ------------------------------------------------------------
 
-    def _post(self, fn: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closed between the check and the call
-            self._logger.debug("event loop closed; dropped CRT event %s", fn)
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        box = self._mailbox
+        if box is not None:
+            box.post(fn, args)
 
     def _crt_publish_received(self, data: mqtt5.PublishReceivedData) -> None:
         p = data.publish_packet
@@ -297,6 +358,16 @@ class CrtTransport:
         self._last_cause = cause
         self._down.set_result(cause)
         self._buffer.close(cause)
+        pending, self._pending = self._pending, set()
+        code = cause.reason_code if isinstance(cause, ConnectionLostError) else None
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(
+                    ConnectionLostError(
+                        f"connection ended before the PUBACK: {cause or 'closed'}",
+                        reason_code=code,
+                    )
+                )
 
     # -- Transport API ------------------------------------------------------------------
 
@@ -316,6 +387,7 @@ class CrtTransport:
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._mailbox = _mailbox(loop)
         if self._client is None:
             self._client = await asyncio.to_thread(self._build)
         client: mqtt5.Client = self._client
@@ -406,6 +478,93 @@ class CrtTransport:
         cause = down.result()
         raise cause or ConnectionLostError("connection closed")
 
+    def start_publish(
+        self, topic: str, payload: bytes, qos: QoS, *, user_properties: UserProperties = ()
+    ) -> asyncio.Future[None]:
+        """Queue one PUBLISH without awaiting anything (call on the event-loop thread).
+
+        See :class:`~device_sdk.transport.PipelinedTransport`. The future resolves on the
+        PUBACK (QoS 1) or once CRT wrote the packet (QoS 0), fails with
+        :class:`~device_sdk.NegativeAckError` on a failure reason code and with
+        :class:`~device_sdk.ConnectionLostError` when the connection ends first. Cancelling
+        it makes the PUBACK be ignored.
+
+        Raises:
+            ConnectionLostError: Not connected.
+        """
+        if self._client is None or self._down is None or self._down.done():
+            raise ConnectionLostError("transport is not connected") from self._last_cause
+        return self._start(self._client, topic, payload, qos, False, user_properties)  # noqa: FBT003
+
+    def _start(
+        self,
+        client: mqtt5.Client,
+        topic: str,
+        payload: bytes,
+        qos: QoS,
+        retain: bool,
+        user_properties: UserProperties,
+    ) -> asyncio.Future[None]:
+        packet = mqtt5.PublishPacket(
+            topic=topic,
+            payload=payload,
+            qos=mqtt5.QoS(qos),
+            retain=retain,
+            user_properties=[mqtt5.UserProperty(k, v) for k, v in user_properties] or None,
+        )
+        loop = self._loop
+        if loop is None:  # never: _connect sets it before a connection exists
+            raise ConnectionLostError("transport is not connected")
+        fut: asyncio.Future[None] = loop.create_future()
+        cf = client.publish(packet)
+        self._counts["published"] += 1
+        self._pending.add(fut)
+        cf.add_done_callback(functools.partial(self._crt_publish_done, fut, qos, topic))
+        return fut
+
+    def _crt_publish_done(
+        self,
+        fut: asyncio.Future[None],
+        qos: QoS,
+        topic: str,
+        cf: concurrent.futures.Future[mqtt5.PublishCompletionData],
+    ) -> None:
+        self._post(self._publish_done, fut, qos, topic, cf)
+
+    def _publish_done(
+        self,
+        fut: asyncio.Future[None],
+        qos: QoS,
+        topic: str,
+        cf: concurrent.futures.Future[mqtt5.PublishCompletionData],
+    ) -> None:
+        self._pending.discard(fut)
+        if fut.done():
+            return  # cancelled by its owner, or failed when the connection ended
+        exc = cf.exception()
+        if exc is not None:
+            fut.set_exception(map_crt_error(exc, connecting=False))
+            return
+        if qos == 0:
+            fut.set_result(None)
+            return
+        puback = cf.result().puback
+        rc = puback.reason_code if puback is not None else None
+        code = int(rc) if rc is not None else _FAILURE
+        if code >= _FAILURE:
+            self._counts["nacked"] += 1
+            fut.set_exception(
+                NegativeAckError(
+                    f"PUBACK {code:#04x} for {topic!r}",
+                    packet="PUBACK",
+                    reason_code=code,
+                    reason_string=puback.reason_string if puback is not None else None,
+                )
+            )
+            return
+        self._counts["acked"] += 1
+        fut.set_result(None)
+
     async def publish(
         self,
         topic: str,
@@ -422,34 +581,8 @@ class CrtTransport:
             ConnectionLostError: The connection dropped before the PUBACK arrived.
             ClosedError: Not connected.
         """
-        client, down = self._require()
-        packet = mqtt5.PublishPacket(
-            topic=topic,
-            payload=payload,
-            qos=mqtt5.QoS(qos),
-            retain=retain,
-            user_properties=[mqtt5.UserProperty(k, v) for k, v in user_properties] or None,
-        )
-        cf = client.publish(packet)
-        self._counts["published"] += 1
-        self._in_flight += 1
-        try:
-            result = await self._await_op(cf, down)
-        finally:
-            self._in_flight -= 1
-        if qos == 0:
-            return
-        rc = result.puback.reason_code if result.puback is not None else None
-        code = int(rc) if rc is not None else _FAILURE
-        if code >= _FAILURE:
-            self._counts["nacked"] += 1
-            raise NegativeAckError(
-                f"PUBACK {code:#04x} for {topic!r}",
-                packet="PUBACK",
-                reason_code=code,
-                reason_string=result.puback.reason_string if result.puback else None,
-            )
-        self._counts["acked"] += 1
+        client, _ = self._require()
+        await self._start(client, topic, payload, qos, retain, user_properties)
 
     async def subscribe(self, filters: Sequence[tuple[str, QoS]]) -> list[int]:
         """Subscribe and return the granted QoS per filter.
@@ -499,5 +632,5 @@ class CrtTransport:
             dropped=self._buffer.dropped,
             buffered=len(self._buffer),
             buffer_size=self._buffer.maxsize,
-            in_flight=self._in_flight,
+            in_flight=len(self._pending),
         )

@@ -188,7 +188,8 @@ class PahoTransport:
         self._connected = asyncio.Event()
         self._down: asyncio.Future[DeviceSdkError | None] | None = None
         self._last_cause: DeviceSdkError | None = None
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        # QoS 1 packet id -> (future, topic), until the PUBACK or the end of the connection
+        self._pending: dict[int, tuple[asyncio.Future[None], str]] = {}
         self._buffer = MessageBuffer(self._options.receive_buffer)
         self._pump: asyncio.Task[None] | None = None
         self._closing = False
@@ -338,21 +339,79 @@ class PahoTransport:
         self._last_cause = cause
         self._down.set_result(cause)
         self._buffer.close(cause)
-        err = cause or ConnectionLostError("connection closed")
-        for fut in self._pending.values():
+        pending, self._pending = self._pending, {}
+        code = cause.reason_code if isinstance(cause, ConnectionLostError) else None
+        for fut, _ in pending.values():
             if not fut.done():
-                fut.set_exception(err)
-        self._pending.clear()
+                fut.set_exception(
+                    ConnectionLostError(
+                        f"connection ended before the PUBACK: {cause or 'closed'}",
+                        reason_code=code,
+                    )
+                )
 
     def _on_puback(self, mid: int, code: int) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(code)
+        entry = self._pending.pop(mid, None)
+        if entry is None:
+            return
+        fut, topic = entry
+        if fut.done():
+            return  # cancelled by its owner: the PUBACK is ignored
+        if code >= _FAILURE:
+            self._counts["nacked"] += 1
+            fut.set_exception(
+                NegativeAckError(
+                    f"PUBACK {code:#04x} for {topic!r}", packet="PUBACK", reason_code=code
+                )
+            )
+        else:
+            self._counts["acked"] += 1
+            fut.set_result(None)
 
     def _require(self) -> _AiomqttClient:
         if self._client is None or not self._connected.is_set():
             raise ClosedError("transport is not connected") from self._last_cause
         return self._client
+
+    def start_publish(
+        self, topic: str, payload: bytes, qos: QoS, *, user_properties: UserProperties = ()
+    ) -> asyncio.Future[None]:
+        """Queue one PUBLISH without awaiting anything (call on the event-loop thread).
+
+        See :class:`~device_sdk.transport.PipelinedTransport`: the future resolves on the
+        PUBACK (QoS 1) or at once (QoS 0, handed to paho), fails with
+        :class:`~device_sdk.NegativeAckError` on a failure reason code and with
+        :class:`~device_sdk.ConnectionLostError` when the connection ends first; cancelling
+        it makes the PUBACK be ignored.
+
+        Raises:
+            ConnectionLostError: Not connected.
+        """
+        if self._client is None or not self._connected.is_set():
+            raise ConnectionLostError("transport is not connected") from self._last_cause
+        return self._start(self._client, topic, payload, qos, False, user_properties)  # noqa: FBT003
+
+    def _start(
+        self,
+        client: _AiomqttClient,
+        topic: str,
+        payload: bytes,
+        qos: QoS,
+        retain: bool,
+        user_properties: UserProperties,
+    ) -> asyncio.Future[None]:
+        props = None
+        if user_properties and self._options.mqtt_version == 5:  # noqa: PLR2004
+            props = _properties(PacketTypes.PUBLISH)
+            props.UserProperty = list(user_properties)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        mid = client.publish_nowait(topic, payload, qos, retain, props)
+        self._counts["published"] += 1
+        if qos == 0:
+            fut.set_result(None)
+        else:
+            self._pending[mid] = (fut, topic)
+        return fut
 
     async def publish(
         self,
@@ -371,29 +430,7 @@ class PahoTransport:
             ClosedError: Not connected.
         """
         client = self._require()
-        props = None
-        if user_properties and self._options.mqtt_version == 5:  # noqa: PLR2004
-            props = _properties(PacketTypes.PUBLISH)
-            props.UserProperty = list(user_properties)
-        if qos == 0:
-            client.publish_nowait(topic, payload, 0, retain, props)
-            self._counts["published"] += 1
-            return
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        mid = client.publish_nowait(topic, payload, qos, retain, props)
-        self._pending[mid] = fut
-        self._counts["published"] += 1
-        try:
-            code = await fut
-        finally:
-            if self._pending.get(mid) is fut:
-                del self._pending[mid]
-        if code >= _FAILURE:
-            self._counts["nacked"] += 1
-            raise NegativeAckError(
-                f"PUBACK {code:#04x} for {topic!r}", packet="PUBACK", reason_code=code
-            )
-        self._counts["acked"] += 1
+        await self._start(client, topic, payload, qos, retain, user_properties)
 
     async def subscribe(self, filters: Sequence[tuple[str, QoS]]) -> list[int]:
         """Subscribe and return the granted QoS per filter.

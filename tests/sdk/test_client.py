@@ -15,6 +15,7 @@ from device_sdk import (
     ClientState,
     ClosedError,
     ConnectError,
+    ConnectionLostError,
     ConnectionOptions,
     DeviceClient,
     DeviceIdentity,
@@ -30,6 +31,8 @@ from device_sdk import (
     Will,
 )
 from device_sdk.transport import TransportKind
+from device_sdk.transport._base import PipelinedTransport
+from device_sdk.transport._factory import create_transport
 from tests.sdk._pki import LocalPki
 from tests.sdk._proxy import FreezableProxy
 from tests.sdk.conftest import MosquittoBroker
@@ -299,3 +302,54 @@ async def test_leaving_with_an_error_publishes_the_will(
         m = await _next(wills)
         assert (m.topic, m.payload) == (will_topic, b"gone")
         assert wills.statistics().received == 1
+
+
+@pytest.mark.parametrize("kind", ["crt", "paho"])
+async def test_start_publish_contract(broker: MosquittoBroker, kind: TransportKind):
+    identity = broker.make_identity(f"dev-start-publish-{kind}")
+    transport = create_transport(identity, broker.endpoint, kind, OPTS)
+    assert isinstance(transport, PipelinedTransport)
+    with pytest.raises(ConnectionLostError):
+        transport.start_publish("t/x", b"x", 1)
+    async with transport:
+        futures = [transport.start_publish(f"t/sp/{i}", b"x", 1) for i in range(20)]
+        denied = transport.start_publish("denied/x", b"x", 1)
+        qos0 = transport.start_publish("t/sp/qos0", b"x", 0)
+        async with asyncio.timeout(10):
+            await asyncio.gather(*futures, qos0)
+            with pytest.raises(NegativeAckError) as info:
+                await denied
+        assert info.value.reason_code == 0x87
+        cancelled = transport.start_publish("t/sp/cancelled", b"x", 1)
+        cancelled.cancel()  # its PUBACK is ignored
+        stats = transport.statistics()
+        assert (stats.published, stats.acked, stats.nacked) == (23, 20, 1)
+        broker.stop()  # the connection ends with a publish still pending
+        pending = transport.start_publish("t/sp/lost", b"x", 1)
+        async with asyncio.timeout(15):
+            with pytest.raises(ConnectionLostError):
+                await pending
+            await transport.disconnected()
+        assert transport.statistics().in_flight == 0
+        with pytest.raises(ConnectionLostError):
+            transport.start_publish("t/x", b"x", 1)
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "awaited"])
+async def test_both_send_paths_deliver_in_order(
+    broker: MosquittoBroker, transport_kind: TransportKind, pipelined: bool
+):
+    topic = _topic()
+    device = _client(broker, f"dev-paths-{transport_kind}", transport_kind, inflight_window=5)
+    device._pipelined = pipelined  # the private switch the benchmark uses
+    async with device, device.subscribe(topic) as sub:
+        uses_pipeline = isinstance(device.transport, PipelinedTransport) and pipelined
+        assert uses_pipeline == pipelined  # every built-in transport has start_publish
+        for i in range(60):
+            await device.publish(topic, str(i))
+        received = [int((await _next(sub)).payload) for _ in range(60)]
+        await device.drain()
+        metrics = device.metrics()
+        assert metrics.counters["acked"] == 60
+        assert metrics.puback_latency.count == 60
+    assert received == list(range(60))

@@ -239,3 +239,108 @@ def test_config_validation():
         OutboxConfig(max_messages=0)
     with pytest.raises(ValueError, match="overflow"):
         OutboxConfig(overflow="drop_newest")  # type: ignore[arg-type]
+
+
+async def test_take_batch_keeps_order_and_counts_replays(tmp_path: Path):
+    async with await _open(tmp_path / "o.db") as box:
+        records = [await box.enqueue("t", bytes([i])) for i in range(6)]
+        assert box.ready == 6
+        first = box.take_batch(4)
+        assert [r.id for r in first] == [r.id for r in records[:4]]
+        assert box.ready == 2
+        assert box.statistics().in_flight == 4
+        box.requeue_in_flight()
+        again = box.take_batch(10)
+        assert [r.id for r in again] == [r.id for r in records]
+        assert box.take_batch(3) == []
+        stats = box.statistics()
+        assert (stats.sent, stats.replayed) == (10, 4)
+
+
+async def test_wait_available_returns_on_commit_and_raises_on_close(tmp_path: Path):
+    box = await _open(tmp_path / "o.db")
+    waiter = asyncio.create_task(box.wait_available())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await box.enqueue("t", b"x")
+    async with asyncio.timeout(5):
+        await waiter
+    assert box.take_batch(1)
+    blocked = asyncio.create_task(box.wait_available())
+    await asyncio.sleep(0.01)
+    await box.aclose()
+    with pytest.raises(ClosedError):
+        await blocked
+
+
+async def test_listener_runs_when_messages_become_ready(tmp_path: Path):
+    calls: list[int] = []
+    async with await _open(tmp_path / "o.db") as box:
+        box._set_listener(lambda: calls.append(box.ready))
+        await box.enqueue("t", b"a")
+        assert calls == [1]
+        rec = box.take_batch(1)[0]
+        box.requeue(rec.id)
+        assert calls == [1, 1]
+        box.take_batch(1)
+        box.requeue_in_flight()
+        assert calls == [1, 1, 1]
+        box._set_listener(None)
+        await box.enqueue("t", b"b")
+        assert calls == [1, 1, 1]
+
+
+async def test_acks_of_many_outboxes_are_committed_lazily_in_one_job(tmp_path: Path):
+    path = tmp_path / "fleet.db"
+    async with await OutboxDatabase.open(path, synchronous="normal") as db:
+        boxes = [await db.outbox(f"sim-{i}") for i in range(20)]
+        taken = []
+        for box in boxes:
+            await box.enqueue("t", b"x")
+            taken.append(box.take_batch(1)[0])
+        jobs = db.statistics().jobs
+        for box, rec in zip(boxes, taken, strict=True):
+            assert box.ack(rec.id)
+        # Acked rows stay on disk for a moment: a crash now would re-send them (at-least-once).
+        assert len(_rows(path)) == 20
+        async with asyncio.timeout(5):
+            while db.statistics().rows_deleted < 20:
+                await asyncio.sleep(0.02)
+        assert db.statistics().jobs == jobs + 1  # one job for the deletes of all 20 outboxes
+        assert _rows(path) == []
+        for box in boxes:
+            await box.aclose()
+
+
+async def test_lazy_ack_never_loses_an_unacked_message(tmp_path: Path):
+    path = tmp_path / "o.db"
+    box = await _open(path)
+    records = [await box.enqueue("t", bytes([i])) for i in range(3)]
+    taken = box.take_batch(3)
+    box.ack(taken[0].id)
+    # A crash before the lazy delete commits: every row is still there, the acked one too.
+    assert [r[0] for r in _rows(path)] == [r.id for r in records]
+    await box.flush()  # flush() commits the queued deletes at once
+    assert [r[0] for r in _rows(path)] == [r.id for r in records[1:]]
+    box.ack(taken[1].id)
+    await box.aclose()  # so does closing
+    again = await _open(path)
+    assert [r.id for r in again.take_batch(5)] == [records[2].id]
+    await again.aclose()
+
+
+async def test_commit_delay_groups_jobs_of_different_loop_iterations(tmp_path: Path):
+    with pytest.raises(ValueError, match="commit_delay_s"):
+        await OutboxDatabase.open(tmp_path / "bad.db", commit_delay_s=5)
+    async with await OutboxDatabase.open(tmp_path / "f.db", commit_delay_s=0.1) as db:
+        boxes = await asyncio.gather(*(db.outbox(f"sim-{i}") for i in range(10)))
+        before = db.statistics()
+        tasks = []
+        for box in boxes:  # ten jobs, each queued in a later loop iteration
+            tasks.append(asyncio.create_task(box.enqueue("t", b"x")))
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+        after = db.statistics()
+        assert after.jobs - before.jobs == 10
+        assert after.transactions - before.transactions <= 2
+        await asyncio.gather(*(box.aclose() for box in boxes))
