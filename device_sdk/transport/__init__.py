@@ -1,7 +1,9 @@
-"""MQTT transports: the :class:`Transport` protocol and its CRT and paho implementations.
+"""MQTT transports: the :class:`Transport` protocol and its CRT, paho and native implementations.
 
-``CrtTransport`` and ``PahoTransport`` are imported lazily so that a platform without awscrt
-(armv7, musl) can use the paho transport, and vice versa.
+``CrtTransport``, ``PahoTransport`` and ``NativeTransport`` are imported lazily so that a
+platform without awscrt (armv7, musl) can use the paho or native transport, and vice versa.
+``NativeTransport`` (pure Python, raw TLS socket) is the low-memory choice for many
+connections per process and for devices without an awscrt wheel.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from device_sdk.transport._factory import TransportKind, create_transport, crt_a
 
 if TYPE_CHECKING:
     from device_sdk.transport._crt import CrtTransport
+    from device_sdk.transport._native import NativeTransport
     from device_sdk.transport._paho import PahoTransport
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "CrtTransport",
     "Message",
     "MessageBuffer",
+    "NativeTransport",
     "PahoTransport",
     "QoS",
     "Transport",
@@ -46,6 +50,10 @@ def __getattr__(name: str) -> Any:
         from device_sdk.transport._crt import CrtTransport  # noqa: PLC0415
 
         return CrtTransport
+    if name == "NativeTransport":
+        from device_sdk.transport._native import NativeTransport  # noqa: PLC0415
+
+        return NativeTransport
     if name == "PahoTransport":
         from device_sdk.transport._paho import PahoTransport  # noqa: PLC0415
 

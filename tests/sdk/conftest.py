@@ -155,8 +155,8 @@ def broker(tmp_path: Path, pki: LocalPki) -> Iterator[MosquittoBroker]:
         b.stop()
 
 
-@pytest.fixture(params=["crt", "paho"])
+@pytest.fixture(params=["crt", "paho", "native"])
 def transport_kind(request: pytest.FixtureRequest) -> TransportKind:
     kind = request.param
-    assert kind in ("crt", "paho")
+    assert kind in ("crt", "paho", "native")
     return cast("TransportKind", kind)

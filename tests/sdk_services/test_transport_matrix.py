@@ -35,7 +35,7 @@ from device_sdk.transport import TransportKind
 from tests.sdk_shadow._support import cloud_state, eventually, set_desired
 
 WAIT = 15.0
-TRANSPORTS: list[TransportKind] = ["crt", "paho"]
+TRANSPORTS: list[TransportKind] = ["crt", "paho", "native"]
 FAST_RECONNECT = ReconnectPolicy(base_s=0.05, cap_s=0.2, min_interval_s=0.05)
 
 pytestmark = pytest.mark.parametrize("kind", TRANSPORTS)
