@@ -30,6 +30,7 @@ from fleet_sim._adapters import CommandPort, ShadowPort, TopicCommands, TopicSha
 from fleet_sim._clock import Scheduler, SimClock
 from fleet_sim._metrics import RunMetrics
 from fleet_sim._model import CommandResult, DeviceModel
+from fleet_sim._ota import DEFAULT_VERSION, DeviceOta, initial_version
 from fleet_sim._payload import PayloadBuilder, encode_event
 from fleet_sim._plan import SplitMix
 from fleet_sim._scenario import GroupSpec
@@ -71,6 +72,9 @@ class VirtualDevice:
         client: The device's client (transport wrapped for measurement, shared outbox).
         payload: Builds its telemetry messages.
         rng: Scheduling randomness (phase, jitter, backoff), separate from the model's.
+        metrics: The shard's metrics.
+        ota: The device's OTA side (groups with an ``ota`` block), reporting the firmware
+            version it runs as the shadow's ``firmware_version``.
     """
 
     __slots__ = (
@@ -82,6 +86,7 @@ class VirtualDevice:
         "group",
         "model",
         "name",
+        "ota",
         "payload",
         "phase",
         "seq",
@@ -97,6 +102,7 @@ class VirtualDevice:
         payload: PayloadBuilder,
         rng: SplitMix,
         metrics: RunMetrics,
+        ota: DeviceOta | None = None,
     ) -> None:
         self.name = name
         self.group = group
@@ -114,6 +120,11 @@ class VirtualDevice:
         self.commands: CommandPort | None = (
             TopicCommands(client, metrics, self._on_command) if group.commands.enabled else None
         )
+        self.ota = ota
+        if ota is not None:
+            if ota.initial_version is None:
+                ota.initial_version = initial_version(model.reported_state()) or DEFAULT_VERSION
+            ota.on_version = self._on_firmware
 
     # -- callbacks from the adapters ---------------------------------------------------------
 
@@ -125,6 +136,20 @@ class VirtualDevice:
         self.model.advance(self._now_wall())
         self._force_report = True
         return self.model.handle_command(name, args)
+
+    async def _on_firmware(self, version: str | None) -> None:  # noqa: ARG002 - in reported()
+        """An OTA update ended: report the running version now (before the job's status)."""
+        self._force_report = True
+        if self.shadow is not None:
+            await self.shadow.report(self.reported_state())
+
+    def reported_state(self) -> dict[str, Any]:
+        """The model's reported state, with the OTA-installed ``firmware_version``."""
+        reported = self.model.reported_state()
+        version = self.ota.version if self.ota is not None else None
+        if version is not None:
+            reported["firmware_version"] = version
+        return reported
 
     def _now_wall(self) -> float:
         return self.model.now if self._clock is None else self._clock.wall()
@@ -176,7 +201,7 @@ class VirtualDevice:
         try:
             async with asyncio.TaskGroup() as tg:
                 serving: list[asyncio.Task[None]] = []
-                for port in (self.shadow, self.commands):
+                for port in (self.shadow, self.commands, self.ota):
                     if port is None:
                         continue
                     sub = self.client.subscribe(port.topic_filter, max_buffer=100)
@@ -190,6 +215,8 @@ class VirtualDevice:
                         await self.shadow.sync()
                     await self._tick_loop(env)
                 finally:
+                    if self.ota is not None:
+                        await self.ota.close()  # before the client closes: no job requests then
                     await self._finish(env)
                     for task in serving:
                         task.cancel()
@@ -263,10 +290,10 @@ class VirtualDevice:
             if shadow is not None:
                 due = now - last_report >= report_every
                 if periodic and due:
-                    await shadow.report(model.reported_state())
+                    await shadow.report(self.reported_state())
                     last_report = now
                 elif not periodic and (due or self._force_report):
-                    reported = model.reported_state()
+                    reported = self.reported_state()
                     if reported != last_reported:
                         await shadow.report(reported)
                         last_reported = reported

@@ -26,12 +26,13 @@ from fleet_sim._clock import Scheduler, SimClock
 from fleet_sim._device import DeviceEnv, VirtualDevice
 from fleet_sim._metrics import RunMetrics
 from fleet_sim._model import ModelContext, load_model
+from fleet_sim._ota import FleetOta
 from fleet_sim._payload import PayloadBuilder
 from fleet_sim._plan import Shard, SplitMix, device_rng, plan_shard
 from fleet_sim._proc import freeze_heap, rss_bytes, thaw_heap, trust_only
 from fleet_sim._scenario import Scenario
 from fleet_sim._target import Target
-from fleet_sim._transport import MeasuredTransport
+from fleet_sim._transport import measured
 
 __all__ = ["ShardConfig", "run_shard"]
 
@@ -78,7 +79,11 @@ def _outbox_path(cfg: ShardConfig, tmp: Path) -> Path:
 
 
 async def _build_devices(
-    cfg: ShardConfig, metrics: RunMetrics, db: OutboxDatabase, clock: SimClock
+    cfg: ShardConfig,
+    metrics: RunMetrics,
+    db: OutboxDatabase,
+    clock: SimClock,
+    ota: FleetOta | None = None,
 ) -> list[VirtualDevice]:
     scenario, target = cfg.scenario, cfg.target
     specs = plan_shard(scenario, cfg.shard)
@@ -101,7 +106,7 @@ async def _build_devices(
             group.telemetry.interval,
         )
         identity = target.identity(spec.name)
-        transport = MeasuredTransport(
+        transport = measured(
             create_transport(identity, target.endpoint, target.transport, options), metrics
         )
         client = DeviceClient(
@@ -124,6 +129,7 @@ async def _build_devices(
                 payload,
                 SplitMix(scenario.seed, spec.name),
                 metrics,
+                ota.device(spec.name, group.name, client) if ota is not None else None,
             )
         )
     return devices
@@ -185,11 +191,22 @@ async def _run_shard(
     rate = scenario.ramp_up.connects_per_second / cfg.shard.count
     with tempfile.TemporaryDirectory(prefix="fleet_sim-") as tmp:
         db = await OutboxDatabase.open(
-            _outbox_path(cfg, Path(tmp)), synchronous=scenario.outbox.synchronous
+            _outbox_path(cfg, Path(tmp)),
+            synchronous=scenario.outbox.synchronous,
+            # Group commit: thousands of devices share one writer; 2 ms of extra latency per
+            # save halves the writer's CPU (benchmarks/bench_publish_path.py).
+            commit_delay_s=0.002,
         )
         try:
             m = metrics or RunMetrics(0, cfg.start_wall)
-            devices = await _build_devices(cfg, m, db, clock)
+            ota = FleetOta.build(
+                scenario,
+                state_root=Path(tmp) / "ota",
+                ca_file=cfg.target.endpoint.ca_file,
+                stub_dir=cfg.target.state_dir if cfg.target.kind == "stub" else None,
+                metrics=m,
+            )
+            devices = await _build_devices(cfg, m, db, clock, ota)
             m.devices = len(devices)
             env = DeviceEnv(
                 m,

@@ -125,6 +125,14 @@ class DeviceModel(abc.ABC):
     commands: ClassVar[tuple[str, ...]] = ()
     """Command names the model understands (others are rejected)."""
 
+    device_type: ClassVar[str] = ""
+    """Device type of OTA job documents (default: :attr:`kind` with ``-`` for ``_``)."""
+
+    @classmethod
+    def ota_device_type(cls) -> str:
+        """The device type OTA documents must name (:attr:`device_type` or from :attr:`kind`)."""
+        return cls.device_type or cls.kind.replace("_", "-") or cls.__name__
+
     def __init__(self, context: ModelContext) -> None:
         """Create the model; keep ``context.rng`` for every random decision."""
         self.context = context

@@ -7,6 +7,12 @@ changes their shadow's desired state (through the stub's shadow service, which t
 the device its delta). What to send comes from the model (``sample_command`` /
 ``sample_desired``). It measures command round trips and counts outcomes; a command without
 an answer within 10 s counts as ``timeout``.
+
+The scenario's ``deployments`` are OTA rollouts: ``at`` seconds after the fleet connected, the
+operator uploads the firmware to the stub's store (``cloud-stubs firmware upload``; a seeded
+random image unless ``firmware`` names a file) and creates a deployment of it to the listed
+groups' devices (``cloud-stubs deployments create``). The stub's deployment engine runs it;
+the operator follows its status until the run ends (``summary()["deployments"]``).
 """
 
 from __future__ import annotations
@@ -16,15 +22,17 @@ import contextlib
 import json
 import logging
 import random
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from device_sdk import LatencyHistogram
 from fleet_sim._model import DeviceModel, load_model
 from fleet_sim._mqtt_lite import LiteClient
 from fleet_sim._plan import iter_devices
-from fleet_sim._scenario import Scenario
+from fleet_sim._scenario import DeploymentSpec, Scenario
 
 __all__ = ["COMMAND_RESPONSES", "Operator"]
 
@@ -33,6 +41,7 @@ COMMAND_TIMEOUT_S = 10.0
 #: Where devices answer commands (the operator's subscription).
 COMMAND_RESPONSES = "cmd/+/response/+"
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+_DEPLOYMENT_POLL_S = 0.5
 
 
 class Operator:
@@ -55,11 +64,12 @@ class Operator:
         for dev in iter_devices(scenario):
             self._names[scenario.groups[dev.group].name].append(dev.name)
         self._answered: asyncio.Event | None = None
+        self.deployments: list[dict[str, Any]] = []
 
     @property
     def active(self) -> bool:
-        """Whether the scenario asks for any operator traffic."""
-        return any(
+        """Whether the scenario asks for any operator traffic (or deployments)."""
+        return bool(self.scenario.deployments) or any(
             g.count and (g.commands.send_per_minute or g.shadow.desired_per_minute)
             for g in self.scenario.groups
         )
@@ -113,7 +123,97 @@ class Operator:
         self.sent_desired += 1
 
     async def run(self, client: LiteClient, *, until: float) -> None:
-        """Send traffic until wall time ``until`` (Poisson arrivals per group and kind)."""
+        """Send traffic until wall time ``until`` (Poisson arrivals per group and kind).
+
+        The scenario's deployments are created meanwhile (see the module documentation).
+        """
+        async with asyncio.TaskGroup() as tg:
+            for k, spec in enumerate(self.scenario.deployments):
+                tg.create_task(self._deploy(k, spec, until), name=f"fleet_sim.deployment[{k}]")
+            await self._traffic(client, until)
+
+    # -- deployments ------------------------------------------------------------------------
+
+    def _device_type(self, spec: DeploymentSpec) -> str:
+        if spec.device_type is not None:
+            return spec.device_type
+        group = next(g for g in self.scenario.groups if g.name == spec.groups[0])
+        if group.ota is not None and group.ota.device_type is not None:
+            return group.ota.device_type
+        return load_model(group.model).ota_device_type()
+
+    def _create(self, k: int, spec: DeploymentSpec, record: dict[str, Any]) -> str:
+        """Upload (or reuse) the firmware and create the deployment (blocking)."""
+        from cloud_stubs import StatePaths  # noqa: PLC0415 - local stub only
+        from cloud_stubs.deployments import create_deployment  # noqa: PLC0415
+        from cloud_stubs.firmware import FirmwareStore  # noqa: PLC0415
+
+        paths = StatePaths.at(self.scenario.target.stub_dir)
+        device_type = self._device_type(spec)
+        with FirmwareStore(paths) as store, tempfile.TemporaryDirectory() as tmp:
+            found = [
+                m
+                for m in store.list_firmware()
+                if m.version == spec.version and m.device_type == device_type
+            ]
+            if found:
+                manifest = found[0]
+            else:
+                image = spec.firmware
+                if image is None:
+                    rng = random.Random(f"{self.scenario.seed}:deployment:{k}")  # noqa: S311
+                    image = Path(tmp) / f"{device_type}-{spec.version}.img"
+                    image.write_bytes(rng.randbytes(spec.image_size))
+                manifest = store.upload(image, version=spec.version, device_type=device_type)
+        record["firmware_id"] = manifest.firmware_id
+        things = [name for group in spec.groups for name in self._names.get(group, [])]
+        deployment = create_deployment(
+            paths,
+            firmware_id=manifest.firmware_id,
+            things=things,
+            batch_size=spec.batch_size,
+            success_threshold=spec.success_threshold,
+            timeout_minutes=spec.timeout_minutes,
+            batch_timeout_s=spec.batch_timeout,
+        )
+        return deployment.deployment_id
+
+    def _status(self, deployment_id: str) -> tuple[str, str | None, bool]:
+        from cloud_stubs import StatePaths  # noqa: PLC0415 - local stub only
+        from cloud_stubs.deployments import DeploymentStore  # noqa: PLC0415
+
+        with DeploymentStore(StatePaths.at(self.scenario.target.stub_dir)) as store:
+            dep = store.get(deployment_id)
+        return dep.status.value, dep.reason, dep.status.is_terminal
+
+    async def _deploy(self, k: int, spec: DeploymentSpec, until: float) -> None:
+        record: dict[str, Any] = {"version": spec.version, "groups": list(spec.groups)}
+        self.deployments.append(record)
+        delay = spec.at
+        if time.time() + delay >= until:
+            record["status"] = "NOT_STARTED"
+            return
+        await asyncio.sleep(delay)
+        from cloud_stubs import CloudStubError  # noqa: PLC0415 - local stub only
+
+        try:
+            record["deployment_id"] = await asyncio.to_thread(self._create, k, spec, record)
+            _log.info("deployment %s of %s created", record["deployment_id"], spec.version)
+            while time.time() < until:
+                status, reason, done = await asyncio.to_thread(
+                    self._status, record["deployment_id"]
+                )
+                record["status"], record["reason"] = status, reason
+                if done:
+                    return
+                await asyncio.sleep(_DEPLOYMENT_POLL_S)
+        except (CloudStubError, OSError) as exc:
+            record["status"], record["reason"] = "ERROR", str(exc)
+            _log.warning("deployment of %s failed: %s", spec.version, exc)
+
+    # -- commands and desired changes -------------------------------------------------------
+
+    async def _traffic(self, client: LiteClient, until: float) -> None:
         plans: list[tuple[float, str, str]] = []
         for g in self.scenario.groups:
             if not self._names[g.name]:
@@ -154,9 +254,12 @@ class Operator:
 
     def summary(self) -> dict[str, Any]:
         """Counts and the command round-trip histogram."""
-        return {
+        out: dict[str, Any] = {
             "commands_sent": self.sent_commands,
             "desired_sent": self.sent_desired,
             "command_outcomes": dict(sorted(self.outcomes.items())),
             "command_rtt": self.rtt.to_dict(),
         }
+        if self.deployments:
+            out["deployments"] = [dict(d) for d in self.deployments]
+        return out

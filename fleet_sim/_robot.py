@@ -115,6 +115,7 @@ class RobotVacuum(DeviceModel):
     """A robot vacuum cleaner (see the module documentation)."""
 
     kind: ClassVar[str] = "robot_vacuum"
+    device_type: ClassVar[str] = "robot-vacuum"
     Params: ClassVar[type[pydantic.BaseModel]] = RobotParams
     commands: ClassVar[tuple[str, ...]] = ("start", "stop", "dock", "spot_clean")
 

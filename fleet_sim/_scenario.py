@@ -25,9 +25,12 @@ from fleet_sim._errors import Issue, ScenarioError
 
 __all__ = [
     "CommandSpec",
+    "DeploymentSpec",
     "Duration",
     "FixableError",
     "GroupSpec",
+    "OtaFailuresSpec",
+    "OtaSpec",
     "OutboxSpec",
     "PayloadSpec",
     "RampSpec",
@@ -167,6 +170,51 @@ class CommandSpec(_Strict):
     """Local stub only: the operator sends this many commands per minute to the group."""
 
 
+class OtaFailuresSpec(_Strict):
+    """Fractions of a group's devices whose OTA update fails at a step (exact, seeded).
+
+    ``round(fraction * count)`` devices of the group (rounding half up) are chosen by the
+    scenario seed and their names, the same in every shard and every run with that seed.
+    """
+
+    health_check: float = pydantic.Field(default=0.0, ge=0, le=1)
+    """The trial boot's health check fails: rollback, execution FAILED."""
+    download: float = pydantic.Field(default=0.0, ge=0, le=1)
+    """Every download request fails: FAILED (DOWNLOAD_FAILED), nothing installed."""
+    install: float = pydantic.Field(default=0.0, ge=0, le=1)
+    """Writing the image fails: FAILED (INSTALL_FAILED), nothing activated."""
+    verify_boot: float = pydantic.Field(default=0.0, ge=0, le=1)
+    """The new version does not come up after the reboot: rollback, FAILED (BOOT_FAILED)."""
+
+
+_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$"
+
+
+class OtaSpec(_Strict):
+    """How a group's devices take part in OTA updates (``device_sdk.ota`` jobs)."""
+
+    enabled: bool = True
+    """Run ``ota`` jobs (a JobRunner and an OtaAgent are created when a job arrives)."""
+    installer: Literal["simulated"] = "simulated"
+    """``simulated``: ``device_sdk.ota.SimulatedInstaller`` (versions in memory)."""
+    device_type: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    """Device type matched against the job document (default: the model's device type)."""
+    version: str | None = pydantic.Field(default=None, pattern=_VERSION)
+    """Firmware version the devices start with (default: the model's reported
+    ``firmware_version``, else ``1.0.0``)."""
+    failures: OtaFailuresSpec = OtaFailuresSpec()
+    """Injected failures (fractions of the group's devices)."""
+    reboot_s: float = pydantic.Field(default=2.0, ge=0, le=3600)
+    """Simulated reboot time (simulated seconds: divided by ``time_scale``)."""
+    trusted_keys: list[Path] | None = pydantic.Field(default=None, min_length=1)
+    """PEM files of the pinned code-signing keys (default on a local stub: the stub's key)."""
+
+    @pydantic.field_validator("reboot_s", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return 0.0 if value in (0, "0") else parse_duration(value)
+
+
 class GroupSpec(_Strict):
     """A set of devices of one model."""
 
@@ -182,6 +230,8 @@ class GroupSpec(_Strict):
     commands: CommandSpec = CommandSpec()
     params: dict[str, Any] = pydantic.Field(default_factory=dict)
     """Model parameters (validated by the model)."""
+    ota: OtaSpec | None = None
+    """OTA participation (``None``: the devices ignore jobs)."""
 
 
 class RampSpec(_Strict):
@@ -218,8 +268,9 @@ class TargetSpec(_Strict):
     """CA that signs the endpoint's certificate (AmazonRootCA1.pem for AWS)."""
     cert_dir: Path | None = None
     """Per-device identities: ``<cert_dir>/<thing>/cert.pem`` and ``key.pem``."""
-    transport: Literal["auto", "crt", "paho"] = "auto"
-    """``auto``: CRT (MQTT 5), or paho with MQTT 3.1.1 on the embedded broker."""
+    transport: Literal["auto", "crt", "paho", "native"] = "auto"
+    """``auto`` = ``native``: device_sdk's own low-memory transport (MQTT 5, or 3.1.1 on the
+    embedded broker); ``crt``: awscrt MQTT 5; ``paho``: aiomqtt."""
 
     @pydantic.model_validator(mode="after")
     def _one_kind(self) -> TargetSpec:
@@ -256,6 +307,29 @@ class OutboxSpec(_Strict):
     """Per device; the oldest are dropped beyond it."""
 
 
+class DeploymentSpec(_Strict):
+    """An OTA deployment the operator starts on a local stub (``cloud-stubs deployments``)."""
+
+    at: float = pydantic.Field(default=0.0, ge=0)
+    """Wall seconds after every device connected (or the ramp should have ended)."""
+    version: str = pydantic.Field(pattern=_VERSION)
+    """Firmware version to roll out."""
+    groups: list[str] = pydantic.Field(min_length=1)
+    """Scenario groups whose devices are targeted (in this order, then by index)."""
+    firmware: Path | None = None
+    """Image file to upload (default: ``image_size`` seeded random bytes)."""
+    image_size: int = pydantic.Field(default=64 * 1024, ge=1, le=512 * 1024 * 1024)
+    """Size of the generated image."""
+    device_type: str | None = pydantic.Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,64}$")
+    """Device type of the image (default: the first group's OTA device type)."""
+    batch_size: int = pydantic.Field(default=10, ge=1, le=100_000)
+    success_threshold: float = pydantic.Field(default=1.0, ge=0, le=1)
+    timeout_minutes: int | None = pydantic.Field(default=None, ge=1, le=10080)
+    """In-progress timeout of each batch job (the cloud-side dead-man switch)."""
+    batch_timeout: Duration | None = None
+    """Decide a batch on what succeeded after this many seconds."""
+
+
 class Scenario(_Strict):
     """A fleet simulation: devices, their behaviour, the target and the load profile."""
 
@@ -271,11 +345,75 @@ class Scenario(_Strict):
     target: TargetSpec = TargetSpec()
     outbox: OutboxSpec = OutboxSpec()
     groups: list[GroupSpec] = pydantic.Field(min_length=1)
+    deployments: list[DeploymentSpec] = pydantic.Field(default_factory=list)
+    """OTA deployments the operator creates during the run (local stub only)."""
 
     @property
     def device_count(self) -> int:
         """Devices over all groups."""
         return sum(g.count for g in self.groups)
+
+
+def _ota_issues(scenario: Scenario) -> list[Issue]:
+    """OTA settings beyond pydantic: key files exist; AWS IoT Core needs pinned keys."""
+    issues = []
+    for i, group in enumerate(scenario.groups):
+        ota = group.ota
+        if ota is None or not ota.enabled:
+            continue
+        if ota.trusted_keys is None and not scenario.target.is_stub:
+            issues.append(
+                Issue(
+                    f"groups[{i}].ota",
+                    "OTA against AWS IoT Core needs the code-signing keys to trust",
+                    "add trusted_keys: a list of PEM public key files (the stub's key is "
+                    "only the default for local stub targets)",
+                )
+            )
+        for j, path in enumerate(ota.trusted_keys or []):
+            if not path.is_file():
+                issues.append(
+                    Issue(
+                        f"groups[{i}].ota.trusted_keys[{j}]",
+                        f"{path} does not exist",
+                        "export the key with 'cloud-stubs firmware public-key --out FILE' "
+                        "or fix the path (relative to the current directory)",
+                    )
+                )
+    names = {g.name: g for g in scenario.groups}
+    for k, dep in enumerate(scenario.deployments):
+        where = f"deployments[{k}]"
+        if not scenario.target.is_stub:
+            issues.append(
+                Issue(
+                    where,
+                    "deployments are created on a local stub only",
+                    "remove it, or use a stub target (target.state_dir)",
+                )
+            )
+        for j, name in enumerate(dep.groups):
+            named = names.get(name)
+            if named is None:
+                issues.append(
+                    Issue(
+                        f"{where}.groups[{j}]",
+                        f"no group {name!r}",
+                        f"use one of: {', '.join(names)}",
+                    )
+                )
+            elif named.ota is None or not named.ota.enabled:
+                issues.append(
+                    Issue(
+                        f"{where}.groups[{j}]",
+                        f"group {name!r} does not take part in OTA",
+                        f"add 'ota: {{enabled: true}}' to group {name!r}",
+                    )
+                )
+        if dep.firmware is not None and not dep.firmware.is_file():
+            issues.append(
+                Issue(f"{where}.firmware", f"{dep.firmware} does not exist", "fix the path")
+            )
+    return issues
 
 
 # -- loading and error reporting ------------------------------------------------------------
@@ -429,7 +567,7 @@ def parse_scenario(text: str, *, source: str | None = None, check: bool = True) 
     if check:
         from fleet_sim._checks import check_scenario  # noqa: PLC0415 - needs the models
 
-        issues = check_scenario(scenario)
+        issues = check_scenario(scenario) + _ota_issues(scenario)
         if issues:
             located = [
                 Issue(i.location, i.message, i.fix, _node_line(root, _parse_loc(i.location)))

@@ -81,6 +81,7 @@ class EnvironmentSensor(DeviceModel):
     """An indoor environment sensor (see the module documentation)."""
 
     kind: ClassVar[str] = "environment_sensor"
+    device_type: ClassVar[str] = "environment-sensor"
     Params: ClassVar[type[pydantic.BaseModel]] = SensorParams
     commands: ClassVar[tuple[str, ...]] = ("calibrate",)
 

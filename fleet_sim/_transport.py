@@ -10,6 +10,7 @@ metric copies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -25,9 +26,10 @@ from device_sdk import (
     Transport,
     TransportStatistics,
 )
+from device_sdk.transport._base import PipelinedTransport
 from fleet_sim._metrics import RunMetrics
 
-__all__ = ["MeasuredTransport", "error_kind"]
+__all__ = ["MeasuredPipelinedTransport", "MeasuredTransport", "error_kind", "measured"]
 
 _perf = time.perf_counter
 
@@ -37,6 +39,18 @@ def error_kind(exc: BaseException) -> str:
     code = getattr(exc, "reason_code", None)
     name = type(exc).__name__
     return f"{name}({code:#04x})" if isinstance(code, int) else name
+
+
+def measured(inner: Transport, metrics: RunMetrics) -> MeasuredTransport:
+    """Wrap ``inner`` for measurement, keeping its pipelined publish path if it has one."""
+    if isinstance(inner, PipelinedTransport):
+        return MeasuredPipelinedTransport(inner, metrics)
+    return MeasuredTransport(inner, metrics)
+
+
+def _is_data(topic: str) -> bool:
+    """Device data, as opposed to shadow (``$aws/...``) and command (``cmd/...``) traffic."""
+    return topic[0] != "$" and not topic.startswith("cmd/")
 
 
 class MeasuredTransport:
@@ -117,10 +131,10 @@ class MeasuredTransport:
             self._metrics.error(f"publish:{error_kind(exc)}")
             raise
         if qos:
-            if topic[0] == "$" or topic.startswith("cmd/"):
-                self._metrics.counters["control_acked"] += 1  # shadow / command traffic
-            else:
+            if _is_data(topic):
                 self._metrics.acked(_perf() - started)
+            else:
+                self._metrics.counters["control_acked"] += 1  # shadow / command traffic
 
     async def subscribe(self, filters: Sequence[tuple[str, QoS]]) -> list[int]:
         """Subscribe through the inner transport."""
@@ -144,3 +158,43 @@ class MeasuredTransport:
     def statistics(self) -> TransportStatistics:
         """The inner transport's counters."""
         return self._inner.statistics()
+
+
+class MeasuredPipelinedTransport(MeasuredTransport):
+    """:class:`MeasuredTransport` for an inner transport with ``start_publish``."""
+
+    __slots__ = ("_pipelined",)
+
+    def __init__(self, inner: PipelinedTransport, metrics: RunMetrics) -> None:
+        """Wrap ``inner``; results go to ``metrics``."""
+        super().__init__(inner, metrics)
+        self._pipelined = inner
+
+    def start_publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: QoS,
+        *,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> asyncio.Future[None]:
+        """Queue a PUBLISH on the inner transport; its outcome is recorded when it settles."""
+        fut = self._pipelined.start_publish(topic, payload, qos, user_properties=user_properties)
+        if qos:
+            fut.add_done_callback(functools.partial(self._settled, _is_data(topic), _perf()))
+        return fut
+
+    def _settled(self, data: bool, started: float, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled():
+            return  # the caller's ack timeout; the client counts it
+        exc = fut.exception()
+        m = self._metrics
+        if exc is None:
+            if data:
+                m.acked(_perf() - started)
+            else:
+                m.counters["control_acked"] += 1
+        elif isinstance(exc, NegativeAckError):
+            m.error(f"nack:{error_kind(exc)}")
+        elif isinstance(exc, (ConnectionLostError, RequestTimeoutError)):
+            m.error(f"publish:{error_kind(exc)}")

@@ -35,6 +35,7 @@ from device_sdk.ota._errors import (
 )
 from device_sdk.ota._faults import (
     CRASH_EXIT_CODE,
+    EFFECT_POINTS,
     FAULT_POINTS,
     FaultInjector,
     FaultPlan,
@@ -55,6 +56,7 @@ from device_sdk.ota._journal import TERMINAL_STATES, OtaJournal, OtaRecord, OtaS
 __all__ = [
     "AGENT_VERSION",
     "CRASH_EXIT_CODE",
+    "EFFECT_POINTS",
     "FAULT_POINTS",
     "TERMINAL_STATES",
     "ABSlotInstaller",

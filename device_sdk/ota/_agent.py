@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import threading
@@ -144,6 +145,8 @@ class OtaAgent:
             process counts as rebooted). Pass ``/proc/sys/kernel/random/boot_id`` on a device
             whose installer needs a real reboot.
         crash: The ``crash`` fault action (default ``os._exit``).
+        disconnect: Drops the device's MQTT connection (the ``mqtt.disconnect`` fault; the
+            client reconnects by itself). Without it that fault is only recorded.
         logger: Logger.
     """
 
@@ -154,9 +157,11 @@ class OtaAgent:
         *,
         boot_id: str | None = None,
         crash: Callable[[], NoReturn] | None = None,
+        disconnect: Callable[[], Awaitable[None]] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.installer = installer
+        self.disconnect = disconnect
         self.config = config
         self.boot_id = boot_id or uuid.uuid4().hex[:12]
         self.journal = OtaJournal(config.state_dir)
@@ -214,6 +219,9 @@ class OtaAgent:
         if rec.target_version:
             out["target_version"] = rec.target_version
         running = self.installer.current_version()
+        if running and self._inject("report.version_mismatch"):
+            other = rec.target_version if running != rec.target_version else rec.previous_version
+            running = other if other and other != running else f"{running}+mismatch"
         if running:
             out["running_version"] = running
         out["transaction_id"] = rec.transaction_id
@@ -229,10 +237,18 @@ class OtaAgent:
         fired = self.faults.check(f"report.drop:{rec.state.value}")
         if fired is not None and fired.kind == "drop":
             return False
+        details = self.details()
+        if live_offset is not None:
+            details["progress"] = f"{live_offset}/{rec.total}"
+        accepted = await self._send(reporter, details, must_succeed=must_succeed)
+        if await self._effect("report.duplicate"):  # the same report once more
+            accepted = await self._send(reporter, details, must_succeed=must_succeed) and accepted
+        return accepted
+
+    async def _send(
+        self, reporter: StatusReporter, details: dict[str, str], *, must_succeed: bool
+    ) -> bool:
         try:
-            details = self.details()
-            if live_offset is not None:
-                details["progress"] = f"{live_offset}/{rec.total}"
             return await reporter.report(details, must_succeed=must_succeed)
         except Exception as exc:  # noqa: BLE001 - reporting is best effort
             self._log.warning("ota: status report failed: %r", exc)
@@ -247,6 +263,45 @@ class OtaAgent:
         self._log.info("ota %s: %s", rec.job_id, state)
         if report and state not in (S.COMMITTED, S.REJECTED, S.FAILED, S.CANCELED):
             await self._report()
+
+    # -- effect faults (``inject``) ---------------------------------------------------------
+
+    def _inject(self, point: str) -> bool:
+        """Pass an effect point synchronously: whether an ``inject`` rule fired there.
+
+        Only ``inject`` acts here (``report.version_mismatch`` is passed while building
+        statusDetails, where raising or crashing is not supported).
+        """
+        if not self.faults.armed_at(point):
+            return False
+        fired = self.faults.check(point)
+        return fired is not None and fired.kind == "inject"
+
+    async def _effect(self, point: str) -> bool:
+        """Pass an effect point (raise/crash/hang/delay act): whether to carry it out."""
+        if not self.faults.armed_at(point):
+            return False
+        fired = await self.faults.hit(point)
+        return fired is not None and fired.kind == "inject"
+
+    async def _skew_clock(self) -> None:
+        for point in self.faults.points("clock.skew:"):
+            if await self._effect(point):
+                try:
+                    self.journal.clock_offset_s = float(point.partition(":")[2])
+                except ValueError:
+                    self._log.warning("ota: %s: not a number of seconds", point)
+
+    async def _maybe_disconnect(self) -> None:
+        if await self._effect("mqtt.disconnect"):
+            if self.disconnect is None:
+                self._log.warning("ota: mqtt.disconnect fired but the agent has no hook")
+                return
+            await self.disconnect()
+
+    async def _no_space(self) -> None:
+        if await self._effect("disk.enospc"):
+            raise OSError(errno.ENOSPC, "No space left on device (injected disk.enospc)")
 
     # -- entry point ----------------------------------------------------------------------
 
@@ -288,6 +343,7 @@ class OtaAgent:
             return self._result()
         if not resumed:
             self._save("start")
+        await self._skew_clock()
         if self.config.test_mode and isinstance(document, Mapping):
             specs = (document.get("test") or {}).get("faults") or []
             if specs and not self.faults.armed:
@@ -312,6 +368,7 @@ class OtaAgent:
                 return self._result()
             try:
                 await self.faults.hit(f"state.{state.value}")
+                await self._maybe_disconnect()
                 if doc is None and state is not S.RECEIVED:
                     doc = parse_document(raw)  # validated before; parse again after restart
                 nxt = await self._step(state, raw, doc)
@@ -374,6 +431,7 @@ class OtaAgent:
             return S.INSTALLING
         if state is S.INSTALLING:
             await self.faults.hit("install.before_write")
+            await self._no_space()
             await self._timed(inst.install(inst.download_path(doc.firmware_id), doc.target_version))
             await self.faults.hit("install.before_fsync")
             return S.INSTALLED

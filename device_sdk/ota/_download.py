@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import http.client
 import os
 import re
@@ -124,6 +125,7 @@ class Downloader:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         dest.parent.mkdir(parents=True, exist_ok=True)
         marks = _byte_marks(faults)
+        enospc = faults is not None and faults.armed_at("disk.enospc")
         headers = {"Accept-Encoding": "identity"}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
@@ -185,6 +187,10 @@ class Downloader:
                     if not chunk:
                         result.detail = f"connection closed at {position}"
                         break
+                    if enospc and faults is not None:
+                        fired = faults.hit_sync("disk.enospc", stop)
+                        if fired is not None and fired.kind == "inject":
+                            raise OSError(errno.ENOSPC, "No space left on device (injected)")
                     f.write(chunk)
                     position += len(chunk)
                     if on_progress is not None:

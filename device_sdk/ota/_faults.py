@@ -17,9 +17,24 @@ crosses ``n`` bytes), ``download.interrupted`` (after a dropped connection, befo
 ``trial.before_health``, ``health.fail:<check>``, ``commit.before_flag``,
 ``commit.after_flag_before_report``, ``rollback.before``, ``report.drop:<STATE>``.
 
+Effect points (``EFFECT_POINTS``) do their own thing when a rule there fires with ``inject``
+(other actions act as everywhere):
+
+* ``report.duplicate``: an ``IN_PROGRESS`` report is sent twice (the cloud must stay
+  consistent);
+* ``report.version_mismatch``: ``statusDetails.running_version`` names a version that does
+  not run (the sweep's invariant 2 catches it when it reaches the terminal report);
+* ``mqtt.disconnect``: passed at every state boundary; drops the MQTT connection through the
+  agent's ``disconnect`` hook (``nth`` picks the boundary);
+* ``clock.skew:<s>``: passed when the agent starts; shifts its wall clock (journal
+  ``ts_wall``) by ``<s>`` seconds;
+* ``disk.enospc``: passed before every write of the download and before the install;
+  raises ``OSError(ENOSPC)``: FAILED(``DISK_ERROR``), nothing activated.
+
 Actions: ``raise[:<REASON_CODE>]`` (the update fails with that code), ``crash`` (``os._exit``,
 or the injector's ``crash`` hook in tests), ``hang[:<s>]``, ``delay:<s>``,
-``corrupt[:<offset>]`` (flip a byte of the downloaded image), ``drop`` (drop a status report).
+``corrupt[:<offset>]`` (flip a byte of the downloaded image), ``drop`` (drop a status report),
+``inject`` (an effect point's effect).
 
 Triggers: ``nth`` (fire on the n-th hit only, default 1), ``once`` (at most once, persisted
 across restarts: default true), ``probability`` with the plan's ``seed`` (same plan + seed =
@@ -47,6 +62,7 @@ from device_sdk.ota._errors import OtaFailedError, ReasonCode
 
 __all__ = [
     "CRASH_EXIT_CODE",
+    "EFFECT_POINTS",
     "FAULT_POINTS",
     "FaultInjector",
     "FaultPlan",
@@ -79,6 +95,19 @@ FAULT_POINTS: tuple[str, ...] = (
     "commit.after_flag_before_report",
     "rollback.before",
     "report.drop:<STATE>",
+    "report.duplicate",
+    "report.version_mismatch",
+    "mqtt.disconnect",
+    "clock.skew:<s>",
+    "disk.enospc",
+)
+#: Points whose effect is their own (carried out when a rule there fires with ``inject``).
+EFFECT_POINTS: tuple[str, ...] = (
+    "report.duplicate",
+    "report.version_mismatch",
+    "mqtt.disconnect",
+    "clock.skew:<s>",
+    "disk.enospc",
 )
 
 
@@ -88,7 +117,7 @@ class FaultRule(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
     point: str = pydantic.Field(min_length=1)
-    action: str = pydantic.Field(pattern=r"^(raise|crash|hang|delay|corrupt|drop)(:.*)?$")
+    action: str = pydantic.Field(pattern=r"^(raise|crash|hang|delay|corrupt|drop|inject)(:.*)?$")
     nth: int = pydantic.Field(default=1, ge=1)
     once: bool = True
     probability: float | None = pydantic.Field(default=None, ge=0.0, le=1.0)
@@ -218,6 +247,14 @@ class FaultInjector:
     def armed(self) -> bool:
         """Whether any rule is armed."""
         return bool(self.plan.faults)
+
+    def armed_at(self, point: str) -> bool:
+        """Whether a rule matches ``point`` (cheap: lets hot paths skip :meth:`check`)."""
+        return any(rule.matches(point) for rule in self.plan.faults)
+
+    def points(self, prefix: str) -> list[str]:
+        """The armed rules' points that start with ``prefix`` (e.g. ``clock.skew:``)."""
+        return [rule.point for rule in self.plan.faults if rule.point.startswith(prefix)]
 
     def check(self, point: str) -> Fired | None:
         """Count a hit at ``point``; the fault that fires there, if any (no action taken)."""

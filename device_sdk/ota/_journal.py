@@ -124,6 +124,8 @@ class OtaJournal:
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir)
+        #: Added to ``time.time()`` for ``ts_wall`` (the ``clock.skew`` fault).
+        self.clock_offset_s = 0.0
         self.state_file = self.dir / "ota-state.json"
         self.history_file = self.dir / "ota-journal.jsonl"
         self._lock = threading.Lock()
@@ -144,7 +146,7 @@ class OtaJournal:
     def save(self, record: OtaRecord, *, event: str = "state", **extra: Any) -> None:
         """Persist ``record`` (atomically) and append an ``event`` line to the history."""
         record.ts_monotonic = time.monotonic()
-        record.ts_wall = time.time()
+        record.ts_wall = time.time() + self.clock_offset_s
         content = json.dumps(record.model_dump(mode="json"), sort_keys=True).encode()
         line = {
             "event": event,

@@ -1,6 +1,7 @@
 """Sweep mode: crash at every fault point in turn and check ota.md §11.6's invariants.
 
-``python -m device_sdk.ota.sweep [--mode inprocess|subprocess] [--point P ...] [--json]``
+``python -m device_sdk.ota.sweep [--mode inprocess|subprocess] [--point P ...] [--action A]
+[--unhealthy] [--fails] [--json]``
 (or :func:`sweep`). Each case runs one update of a fresh A/B device against a local plain-HTTP
 file server from ``cloud_stubs`` (a development dependency; imported only here), crashing once
 at the case's fault point, then restarting (a restart is a boot: the fake bootloader runs)
@@ -8,11 +9,16 @@ until the update ends. ``subprocess`` mode runs every boot in a child process wh
 real ``os._exit``. After each case:
 
 1. the device boots a committed image, the old or the new one (no trial flag left);
-2. the terminal status matches the running version (succeeded <=> new version);
+2. the terminal status matches the running version (succeeded <=> new version), and so does
+   the terminal report's ``running_version``;
 3. an unverified slot is never active (``VERIFIED`` precedes ``INSTALLING`` in the journal,
    and a new active image hashes to the signed SHA-256);
 4. re-delivering the same job is idempotent (same outcome, no new download);
 5. the journal converges within ``max_restarts`` restarts.
+
+Besides the crashes, :data:`EFFECT_CASES` carry out the reporting, connection and environment
+faults (``report.duplicate``, ``report.version_mismatch`` once, ``mqtt.disconnect``,
+``clock.skew``, ``disk.enospc``) and check the same invariants.
 
 Exit status 0 when every case holds all invariants.
 """
@@ -39,7 +45,15 @@ from device_sdk.ota._faults import CRASH_EXIT_CODE, FaultPlan, SimulatedCrash
 from device_sdk.ota._health import HealthCheck
 from device_sdk.ota._installer import ABSlotInstaller
 
-__all__ = ["HAPPY_POINTS", "ROLLBACK_POINTS", "SweepCase", "SweepResult", "main", "sweep"]
+__all__ = [
+    "EFFECT_CASES",
+    "HAPPY_POINTS",
+    "ROLLBACK_POINTS",
+    "SweepCase",
+    "SweepResult",
+    "main",
+    "sweep",
+]
 
 OLD, NEW = "1.0.0", "2.0.0"
 IMAGE_SIZE = 64 * 1024
@@ -68,6 +82,10 @@ HAPPY_POINTS: tuple[str, ...] = (
     "state.COMMITTING",
     "commit.before_flag",
     "commit.after_flag_before_report",
+    "clock.skew:60",
+    "mqtt.disconnect",
+    "report.duplicate",
+    "disk.enospc",
 )
 #: Fault points crossed by an update whose health check fails (rollback path).
 ROLLBACK_POINTS: tuple[str, ...] = (
@@ -80,11 +98,31 @@ ROLLBACK_POINTS: tuple[str, ...] = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SweepCase:
-    """One run: crash at ``point``; ``healthy`` is what the app health check answers."""
+    """One run: ``action`` (crash) at ``point``; ``healthy`` is what the app check answers.
+
+    ``succeeds`` is whether the update should end on the new version (default: ``healthy``).
+    """
 
     point: str
     healthy: bool = True
     action: str = "crash"
+    succeeds: bool | None = None
+
+    @property
+    def expected_outcome(self) -> str:
+        """``succeeded`` or ``failed``."""
+        ok = self.healthy if self.succeeds is None else self.succeeds
+        return "succeeded" if ok else "failed"
+
+
+#: Reporting, connection and environment faults carried out (``inject``), one per case.
+EFFECT_CASES: tuple[SweepCase, ...] = (
+    SweepCase("report.duplicate", action="inject"),
+    SweepCase("report.version_mismatch", action="inject"),
+    SweepCase("mqtt.disconnect", action="inject"),
+    SweepCase("clock.skew:3600", action="inject"),
+    SweepCase("disk.enospc", action="inject", succeeds=False),
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -108,10 +146,19 @@ class _LocalReporter:
     def __init__(self, document: Mapping[str, Any]) -> None:
         self.document = document
         self.reports: list[dict[str, str]] = []
+        self.disconnects = 0
+        self._offline = False
 
     async def report(self, details: Mapping[str, str], *, must_succeed: bool = False) -> bool:  # noqa: ARG002
+        if self._offline:  # the report sent while the link was down is lost; reconnected
+            self._offline = False
+            return False
         self.reports.append(dict(details))
         return True
+
+    async def disconnect(self) -> None:
+        self.disconnects += 1
+        self._offline = True
 
     async def fresh_document(self) -> Any:
         return self.document
@@ -121,7 +168,14 @@ def _crash() -> NoReturn:
     raise SimulatedCrash
 
 
-def _agent(dev: Path, keys: Mapping[str, bytes], plan: FaultPlan, *, healthy: bool) -> OtaAgent:
+def _agent(
+    dev: Path,
+    keys: Mapping[str, bytes],
+    plan: FaultPlan,
+    *,
+    healthy: bool,
+    reporter: _LocalReporter | None = None,
+) -> OtaAgent:
     async def app() -> bool:
         return healthy
 
@@ -136,7 +190,8 @@ def _agent(dev: Path, keys: Mapping[str, bytes], plan: FaultPlan, *, healthy: bo
         request_timeout_s=10,
     )
     installer = ABSlotInstaller(dev / "slots", initial_version=OLD)
-    return OtaAgent(installer, config, crash=_crash)
+    hook = reporter.disconnect if reporter is not None else None
+    return OtaAgent(installer, config, crash=_crash, disconnect=hook)
 
 
 async def boot_once(
@@ -149,8 +204,9 @@ async def boot_once(
 ) -> OtaResult:
     """One boot of the device: bootloader, then the agent runs the job (may crash)."""
     ABSlotInstaller(dev / "slots", initial_version=OLD).boot()
-    agent = _agent(dev, keys, plan, healthy=healthy)
-    return await agent.run("sweep-job", 1, document, _LocalReporter(document))
+    reporter = _LocalReporter(document)
+    agent = _agent(dev, keys, plan, healthy=healthy, reporter=reporter)
+    return await agent.run("sweep-job", 1, document, reporter)
 
 
 def _child(argv: Sequence[str]) -> int:
@@ -162,12 +218,13 @@ def _child(argv: Sequence[str]) -> int:
 
     async def run() -> OtaResult:
         ABSlotInstaller(dev / "slots", initial_version=OLD).boot()
-        agent = _agent(dev, keys, plan, healthy=spec["healthy"])
+        reporter = _LocalReporter(spec["document"])
+        agent = _agent(dev, keys, plan, healthy=spec["healthy"], reporter=reporter)
         agent.faults._crash = _exit  # noqa: SLF001 - the real crash in the child
-        return await agent.run("sweep-job", 1, spec["document"], _LocalReporter(spec["document"]))
+        return await agent.run("sweep-job", 1, spec["document"], reporter)
 
     result = asyncio.run(run())
-    sys.stdout.write(json.dumps({"outcome": result.outcome}) + "\n")
+    sys.stdout.write(json.dumps({"outcome": result.outcome, "details": result.details}) + "\n")
     return 0
 
 
@@ -182,7 +239,7 @@ async def _boot_subprocess(
     plan: FaultPlan,
     *,
     healthy: bool,
-) -> str | None:
+) -> tuple[str, dict[str, str]] | None:
     spec = {
         "dev": str(dev),
         "keys": {k: v.decode() for k, v in keys.items()},
@@ -205,7 +262,8 @@ async def _boot_subprocess(
         return None
     if proc.returncode != 0:
         raise RuntimeError(f"sweep child exited with {proc.returncode}")
-    return str(json.loads(out.decode().splitlines()[-1])["outcome"])
+    last = json.loads(out.decode().splitlines()[-1])
+    return str(last["outcome"]), dict(last["details"])
 
 
 async def run_case(
@@ -223,14 +281,18 @@ async def run_case(
     plan = plan or FaultPlan.single(case.point, case.action)
     result = SweepResult(case)
     outcome: str | None = None
+    final: dict[str, str] = {}
     for _ in range(max_restarts + 1):
         if mode == "subprocess":
-            outcome = await _boot_subprocess(dev, keys, document, plan, healthy=case.healthy)
+            ended = await _boot_subprocess(dev, keys, document, plan, healthy=case.healthy)
+            outcome, final = ended if ended is not None else (None, {})
         else:
             try:
-                outcome = (await boot_once(dev, keys, document, plan, healthy=case.healthy)).outcome
+                boot = await boot_once(dev, keys, document, plan, healthy=case.healthy)
             except SimulatedCrash:
                 outcome = None
+            else:
+                outcome, final = boot.outcome, boot.details
         if outcome is not None and outcome != "reboot":
             break
         result.restarts += 1
@@ -246,13 +308,16 @@ async def run_case(
         v.append("1: a trial slot is still active")
     if result.running_version not in (OLD, NEW):
         v.append(f"1: running unknown version {result.running_version}")
-    expected = NEW if case.healthy else OLD
+    expected = NEW if case.expected_outcome == "succeeded" else OLD
     if outcome == "succeeded" and result.running_version != NEW:
         v.append(f"2: SUCCEEDED but running {result.running_version}")
     if outcome in ("failed", "rejected") and result.running_version != OLD:
         v.append(f"2: {outcome} but running {result.running_version}")
     if outcome is not None and result.running_version != expected:
         v.append(f"2: expected {expected}, running {result.running_version}")
+    reported = final.get("running_version")
+    if outcome not in (None, "reboot") and reported not in (None, result.running_version):
+        v.append(f"2: the terminal report says {reported}, running {result.running_version}")
     states = [h["state"] for h in history if h.get("event") == "state"]
     if "INSTALLING" in states and (
         "VERIFIED" not in states or states.index("VERIFIED") > states.index("INSTALLING")
@@ -292,7 +357,7 @@ async def sweep(
     mode: str = "inprocess",
     plan: FaultPlan | None = None,
 ) -> list[SweepResult]:
-    """Run every case (default: crash at each of HAPPY_POINTS and ROLLBACK_POINTS).
+    """Run every case (default: HAPPY_POINTS, ROLLBACK_POINTS, then EFFECT_CASES).
 
     ``plan`` replaces the one-crash plan of every case (custom scenarios).
     """
@@ -306,8 +371,10 @@ async def sweep(
     from cloud_stubs.firmware._paths import OtaPaths  # noqa: PLC0415
 
     if cases is None:
-        cases = [SweepCase(p) for p in HAPPY_POINTS] + [
-            SweepCase(p, healthy=False) for p in ROLLBACK_POINTS
+        cases = [
+            *(SweepCase(p) for p in HAPPY_POINTS),
+            *(SweepCase(p, healthy=False) for p in ROLLBACK_POINTS),
+            *EFFECT_CASES,
         ]
     with tempfile.TemporaryDirectory(prefix="ota-sweep-") as tmp:
         root = Path(workdir or tmp)
@@ -343,12 +410,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("inprocess", "subprocess"), default="inprocess")
     parser.add_argument("--point", action="append", help="only these points (repeatable)")
     parser.add_argument("--unhealthy", action="store_true", help="with --point: failing app")
+    parser.add_argument("--action", default="crash", help="with --point: crash, inject, ...")
+    parser.add_argument(
+        "--fails", action="store_true", help="with --point: the update must end FAILED"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(args_list)
     logging.basicConfig(level=logging.ERROR)
     cases = None
     if args.point:
-        cases = [SweepCase(p, healthy=not args.unhealthy) for p in args.point]
+        succeeds = False if args.fails else None
+        cases = [
+            SweepCase(p, healthy=not args.unhealthy, action=args.action, succeeds=succeeds)
+            for p in args.point
+        ]
     results = asyncio.run(sweep(cases=cases, mode=args.mode))
     for r in results:
         if args.json:

@@ -185,3 +185,74 @@ def test_scale_counts_keeps_proportions() -> None:
     scaled = scale_counts(s, 100)
     assert [g.count for g in scaled.groups] == [30, 70]
     assert scale_counts(s, 1).device_count == 1
+
+
+def test_ota_block_defaults_and_errors(tmp_path: Path) -> None:
+    ota = GOOD + "    ota:\n      failures: {health_check: 0.1}\n      reboot_s: 500ms\n"
+    spec = parse_scenario(ota).groups[0].ota
+    assert spec is not None
+    assert (spec.enabled, spec.installer, spec.device_type, spec.version) == (
+        True,
+        "simulated",
+        None,
+        None,
+    )
+    assert (spec.failures.health_check, spec.failures.download, spec.reboot_s) == (0.1, 0.0, 0.5)
+    assert parse_scenario(GOOD).groups[0].ota is None
+    exc = error(ota.replace("health_check: 0.1", "health_check: 1.5"))
+    assert exc.issues[0].location == "groups[0].ota.failures.health_check"
+    assert exc.issues[0].fix.startswith("use a value at most 1")
+    exc = error(ota.replace("health_check: 0.1", "healthcheck: 0.1"))
+    assert exc.issues[0].location == "groups[0].ota.failures.healthcheck"
+    assert "did you mean 'health_check'?" in exc.issues[0].fix
+    exc = error(ota + "      installer: ab\n")
+    assert exc.issues[0].location == "groups[0].ota.installer"
+    assert "'simulated'" in exc.issues[0].fix
+    exc = error(ota.replace("reboot_s: 500ms", "reboot_s: soon"))
+    assert exc.issues[0].location == "groups[0].ota.reboot_s"
+    assert "30s" in exc.issues[0].fix
+    exc = error(ota + "      trusted_keys: [missing.pem]\n")
+    assert exc.issues[0].location == "groups[0].ota.trusted_keys[0]"
+    assert "cloud-stubs firmware public-key" in exc.issues[0].fix
+    aws = "target: {endpoint: abc-ats.iot.eu-west-1.amazonaws.com, cert_dir: c}\n"
+    exc = error(ota + aws)
+    assert exc.issues[0].location == "groups[0].ota"
+    assert "trusted_keys" in exc.issues[0].fix
+    key = tmp_path / "ota.pub"
+    key.write_text("PEM")
+    parse_scenario(ota + f"      trusted_keys: ['{key}']\n" + aws)
+
+
+def test_native_transport_is_accepted() -> None:
+    s = parse_scenario(GOOD + "target: {transport: native}\n")
+    assert s.target.transport == "native"
+    exc = error(GOOD + "target: {transport: quic}\n")
+    assert "'native'" in exc.issues[0].fix
+
+
+def test_deployments_name_ota_groups_on_a_stub(tmp_path: Path) -> None:
+    ota = GOOD + "    ota: {}\n"
+    s = parse_scenario(ota + "deployments:\n  - {version: 2.0.0, groups: [robots]}\n")
+    (dep,) = s.deployments
+    assert (dep.at, dep.batch_size, dep.success_threshold, dep.image_size) == (
+        0.0,
+        10,
+        1.0,
+        65536,
+    )
+    exc = error(ota + "deployments:\n  - {version: 2.0.0, groups: [robot]}\n")
+    assert exc.issues[0].location == "deployments[0].groups[0]"
+    assert "robots" in exc.issues[0].fix
+    exc = error(GOOD + "deployments:\n  - {version: 2.0.0, groups: [robots]}\n")
+    assert "ota: {enabled: true}" in exc.issues[0].fix
+    exc = error(ota + "deployments:\n  - {version: 'bad version', groups: [robots]}\n")
+    assert exc.issues[0].location == "deployments[0].version"
+    aws = "target: {endpoint: abc-ats.iot.eu-west-1.amazonaws.com, cert_dir: c}\n"
+    key = tmp_path / "ota.pub"
+    key.write_text("PEM")
+    exc = error(
+        ota.replace("ota: {}", f"ota: {{trusted_keys: ['{key}']}}")
+        + "deployments:\n  - {version: 2.0.0, groups: [robots]}\n"
+        + aws
+    )
+    assert [i.location for i in exc.issues] == ["deployments[0]"]

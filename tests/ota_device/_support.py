@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class OtaDevice:
     outcomes: list[JobOutcome] = dataclasses.field(default_factory=list)
     shadow: bool = True
     config_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    port: int | None = None  # connect through a proxy (e.g. a CuttableLink)
+    disconnect: Callable[[], Awaitable[None]] | None = None  # the mqtt.disconnect hook
 
     def config(self) -> OtaConfig:
         ident = self.core.create_thing(self.thing)
@@ -83,7 +85,7 @@ class OtaDevice:
         )
 
     def agent(self) -> OtaAgent:
-        return OtaAgent(self.installer, self.config())
+        return OtaAgent(self.installer, self.config(), disconnect=self.disconnect)
 
     async def boot_once(self) -> JobOutcome:
         """One boot: run the jobs until a reboot is requested (or cancelled)."""
@@ -92,7 +94,7 @@ class OtaDevice:
             self.installer.boot()
         agent = self.agent()
         async with (
-            make_device(self.core, self.thing) as device,
+            make_device(self.core, self.thing, port=self.port) as device,
             JobsClient(device) as jobs,
             ShadowClient(device) as shadow,
         ):

@@ -33,7 +33,7 @@ from tests.ota_device._support import (
     wait_for,
     wait_terminal,
 )
-from tests.sdk_shadow._support import cloud_state
+from tests.sdk_shadow._support import CuttableLink, cloud_state
 
 pytestmark = pytest.mark.slow
 
@@ -374,3 +374,72 @@ async def test_a_failing_trial_boot_rolls_back(
     inst = device.installer
     assert isinstance(inst, ABSlotInstaller)
     assert (inst.current_version(), inst.on_trial) == ("1.0.0", False)
+
+
+async def test_duplicated_reports_keep_the_cloud_consistent(
+    cloud_mosquitto: LocalIoTCore, ota: OtaRuntime, tmp_path: Path
+) -> None:
+    core = cloud_mosquitto
+    fw = upload(core, tmp_path, "2.0.0")
+    rule = FaultRule(point="report.duplicate", action="inject", once=False)
+    device = ab_device(core, "robot-1", tmp_path, fault_plan=FaultPlan(faults=[rule]))
+    async with running([device]):
+        await create_job(core, "dup", device.thing, build_ota_document(fw))
+        ex = await wait_terminal(core, "dup", device.thing)
+    assert ex["status"] == "SUCCEEDED", details(ex)
+    got = details(ex)
+    assert (got["state"], got["fault_fired"]) == ("COMMITTED", "report.duplicate=inject")
+    assert got["running_version"] == device.installer.current_version() == "2.0.0"
+    fired = [h for h in OtaJournal(device.root / "ota").history() if h["event"] == "fault"]
+    assert len(fired) >= 8  # every IN_PROGRESS report, over both boots
+
+
+async def test_mqtt_disconnect_at_a_state_boundary_reconnects_and_completes(
+    cloud_mosquitto: LocalIoTCore, ota: OtaRuntime, tmp_path: Path
+) -> None:
+    core = cloud_mosquitto
+    fw = upload(core, tmp_path, "2.0.0")
+    # the 4th boundary is DOWNLOADED (RECEIVED, VALIDATED, DOWNLOADING, DOWNLOADED)
+    rule = FaultRule(point="mqtt.disconnect", action="inject", nth=4)
+    async with CuttableLink(core.endpoint.port) as link:
+        cuts = []
+
+        async def cut() -> None:
+            cuts.append(1)
+            link.cut()
+
+        device = ab_device(
+            core,
+            "robot-1",
+            tmp_path,
+            fault_plan=FaultPlan(faults=[rule]),
+            port=link.port,
+            disconnect=cut,
+        )
+        async with running([device]):
+            await create_job(core, "cut", device.thing, build_ota_document(fw))
+            ex = await wait_terminal(core, "cut", device.thing)
+    assert ex["status"] == "SUCCEEDED", details(ex)
+    assert cuts == [1]
+    assert details(ex)["fault_fired"] == "mqtt.disconnect=inject"
+    faults = [h for h in OtaJournal(device.root / "ota").history() if h["event"] == "fault"]
+    assert [(f["fault"], f["state"]) for f in faults] == [("mqtt.disconnect=inject", "DOWNLOADED")]
+
+
+async def test_disk_full_during_download_fails_and_activates_nothing(
+    cloud_mosquitto: LocalIoTCore, ota: OtaRuntime, tmp_path: Path
+) -> None:
+    core = cloud_mosquitto
+    fw = upload(core, tmp_path, "2.0.0")
+    device = ab_device(
+        core, "robot-1", tmp_path, fault_plan=FaultPlan.single("disk.enospc", "inject")
+    )
+    async with running([device]):
+        await create_job(core, "full", device.thing, build_ota_document(fw))
+        ex = await wait_terminal(core, "full", device.thing)
+    assert ex["status"] == "FAILED"
+    got = details(ex)
+    assert (got["reason_code"], got["error_type"]) == ("DISK_ERROR", "DEVICE")
+    assert "No space left on device" in got["error_detail"]
+    assert_untouched(device.installer)
+    assert not (device.root / "slots" / "downloads" / f"{fw.firmware_id}.part").exists()

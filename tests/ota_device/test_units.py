@@ -11,6 +11,8 @@ import pytest
 
 from certs import CodeSigningKey
 from device_sdk.ota import (
+    EFFECT_POINTS,
+    FAULT_POINTS,
     ABSlotInstaller,
     FaultInjector,
     FaultPlan,
@@ -162,6 +164,19 @@ async def test_fault_raise_action_carries_its_reason_code() -> None:
     )
     assert await inj2.hit("p") is not None
     assert fired == ["p=delay:0.01"]
+
+
+def test_effect_points_are_armed_with_inject() -> None:
+    plan = FaultPlan.from_strings(["clock.skew:30=inject", "disk.enospc=inject"])
+    inj = FaultInjector(plan)
+    assert [r.kind for r in plan.faults] == ["inject", "inject"]
+    assert inj.armed_at("disk.enospc")
+    assert not inj.armed_at("report.duplicate")
+    assert inj.points("clock.skew:") == ["clock.skew:30"]
+    assert set(EFFECT_POINTS) <= set(FAULT_POINTS)
+    fired = inj.check("disk.enospc")
+    assert fired is not None
+    assert (fired.kind, str(fired)) == ("inject", "disk.enospc=inject")
 
 
 def test_fault_plan_from_json_file(tmp_path: Path) -> None:
