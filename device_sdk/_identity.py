@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import pydantic
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -72,6 +70,11 @@ Credentials = FileCredentials | PemCredentials | Pkcs11Credentials
 
 
 def _common_name(cert_pem: bytes) -> str:
+    # Imported here: cryptography.x509 costs ~10 MB of RSS that a daemon knowing its thing
+    # name never needs (edge_agent's idle footprint).
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not names:

@@ -17,8 +17,6 @@ import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -159,16 +157,23 @@ def _cmd_check(config: AgentConfig, *, as_json: bool) -> int:
         "state_dir": str(config.state_dir),
         "mode": config.transport.mode,
         "sources": {n: {"interval_s": i, "enabled": e} for n, (_, i, e) in sources.items()},
+        "ota": config.ota.installer,
     }
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
         names = ", ".join(f"{n} every {i:g}s" for n, (_, i, e) in sources.items() if e)
-        print(f"{config.source_file}: ok ({config.transport.mode}; telemetry: {names or 'none'})")
+        ota = f"; ota: {config.ota.installer}" if config.ota.enabled else ""
+        print(
+            f"{config.source_file}: ok ({config.transport.mode}; telemetry: {names or 'none'}{ota})"
+        )
     return EXIT_OK
 
 
 def _fetch_health(url: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error  # noqa: PLC0415 - `status` only; the daemon does not need urllib
+    import urllib.request  # noqa: PLC0415
+
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=_STATUS_TIMEOUT_S) as resp:  # noqa: S310 - our own loopback URL
             return int(resp.status), json.loads(resp.read())

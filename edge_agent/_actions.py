@@ -15,10 +15,11 @@ import dataclasses
 import hashlib
 import logging
 import os
-import urllib.parse
-import urllib.request
+import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from edge_agent._process import ProcessResult, run_program
 
@@ -27,10 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionError",
+    "check_command",
     "download_file",
     "parse_command_line",
     "reboot",
+    "resolve_handler",
     "run_command",
+    "run_handler",
 ]
 
 _log = logging.getLogger(__name__)
@@ -101,6 +105,21 @@ def _check_allowed(argv: list[str], allowed: list[str]) -> None:
         )
 
 
+def check_command(config: AgentConfig, command: Any) -> list[str]:
+    """The argv of ``command`` if ``[commands.run_command]`` allows it.
+
+    Raises:
+        ActionError: ``BAD_ARGUMENTS`` or ``NOT_ALLOWED`` (refused).
+    """
+    try:
+        argv = parse_command_line(command)
+    except ActionError as exc:
+        exc.refused = True
+        raise
+    _check_allowed(argv, config.commands.run_command.allowed_programs)
+    return argv
+
+
 def _summary(result: ProcessResult) -> dict[str, Any]:
     return {
         "exit_code": result.returncode,
@@ -149,6 +168,102 @@ async def run_command(
     return summary
 
 
+_HANDLER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}$")
+_HANDLER_MODE = 0o700
+
+
+def resolve_handler(config: AgentConfig, handler: Any, path: Any = None) -> Path:
+    """The handler file ``handler`` in ``jobs.handler_dir``, checked like the Device Client does.
+
+    Rules: a handler directory must be configured and not writable by group or others; the
+    name is a plain file name (no ``/``, no leading ``.``); ``path`` may only be absent,
+    ``"default"`` or the handler directory itself (no handler from elsewhere); the file is a
+    regular file in that directory (a symlink must not lead out of it), owned by the agent's
+    user or root, with permissions exactly ``700``; and, when ``jobs.allowed_handlers`` is
+    not empty, the name is listed there.
+
+    Raises:
+        ActionError: ``NOT_ALLOWED``, ``BAD_ARGUMENTS`` or ``HANDLER_NOT_FOUND`` (all refused).
+    """
+    jobs = config.jobs
+    if jobs.handler_dir is None:
+        raise ActionError(
+            "NOT_ALLOWED", "runHandler needs jobs.handler_dir in the configuration", refused=True
+        )
+    if not isinstance(handler, str) or not _HANDLER_NAME.match(handler):
+        raise ActionError(
+            "BAD_ARGUMENTS", f"handler {handler!r} is not a plain file name", refused=True
+        )
+    directory = jobs.handler_dir.resolve()
+    if path not in (None, "", "default") and (
+        not isinstance(path, str) or Path(path).resolve() != directory
+    ):
+        raise ActionError(
+            "NOT_ALLOWED",
+            f"path {path!r} refused: handlers only run from jobs.handler_dir",
+            refused=True,
+        )
+    if jobs.allowed_handlers and handler not in jobs.allowed_handlers:
+        raise ActionError(
+            "NOT_ALLOWED", f"handler {handler!r} is not in jobs.allowed_handlers", refused=True
+        )
+    try:
+        dir_mode = directory.stat().st_mode
+        target = (directory / handler).resolve(strict=True)
+        info = target.stat()
+    except OSError:
+        raise ActionError(
+            "HANDLER_NOT_FOUND", f"no handler {handler!r} in {directory}", refused=True
+        ) from None
+    problems = []
+    if dir_mode & 0o022:
+        problems.append(f"{directory} is writable by group or others")
+    if target.parent != directory or not stat.S_ISREG(info.st_mode):
+        problems.append("it is not a regular file inside the handler directory")
+    if info.st_uid not in (0, os.geteuid()):
+        problems.append("it is not owned by the agent's user or root")
+    if stat.S_IMODE(info.st_mode) != _HANDLER_MODE:
+        problems.append(f"its permissions are {stat.S_IMODE(info.st_mode):o}, not 700")
+    if problems:
+        raise ActionError(
+            "NOT_ALLOWED", f"handler {handler!r} refused: {'; '.join(problems)}", refused=True
+        )
+    return target
+
+
+async def run_handler(
+    config: AgentConfig,
+    handler: Path,
+    args: list[str],
+    *,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Run a resolved handler (see :func:`resolve_handler`) as the agent's user.
+
+    Steps documents pass ``[runAsUser or "", *args]`` as ``args``, as the Device Client does
+    (its handler scripts switch user themselves); classic documents pass their ``args``.
+
+    Raises:
+        ActionError: ``TIMEOUT``, ``EXIT_STATUS``, ``START_FAILED``.
+    """
+    limit = config.jobs.step_timeout_s if timeout_s is None else timeout_s
+    argv = [str(handler), *args]
+    result = await run_program(
+        argv, timeout_s=limit, max_output_bytes=config.commands.run_command.max_output_bytes
+    )
+    summary = _summary(result)
+    if result.error is not None:
+        raise ActionError("START_FAILED", result.error, result=summary)
+    if result.timed_out:
+        raise ActionError("TIMEOUT", f"{handler.name} timed out after {limit:g} s", result=summary)
+    if result.returncode != 0:
+        tail = result.stderr.strip()[-200:]
+        raise ActionError(
+            "EXIT_STATUS", f"{handler.name} exited with {result.returncode}: {tail}", result=summary
+        )
+    return summary
+
+
 async def reboot(config: AgentConfig) -> dict[str, Any]:
     """Run the configured reboot command (``jobs.reboot_command``).
 
@@ -174,7 +289,9 @@ class Downloaded:
 
 
 def _download_blocking(url: str, target: Path, max_bytes: int) -> Downloaded:
-    scheme = urllib.parse.urlsplit(url).scheme
+    from urllib.request import urlopen  # noqa: PLC0415 - downloads only (small idle daemon)
+
+    scheme = urlsplit(url).scheme
     if scheme not in ("https", "http", "file"):
         raise ActionError("BAD_ARGUMENTS", f"unsupported URL scheme {scheme!r}", refused=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +300,7 @@ def _download_blocking(url: str, target: Path, max_bytes: int) -> Downloaded:
     size = 0
     try:
         with (
-            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp,  # noqa: S310 - scheme checked
+            urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp,  # noqa: S310 - scheme checked
             tmp.open("wb") as out,
         ):
             while chunk := resp.read(_CHUNK):

@@ -56,6 +56,7 @@ from edge_agent._version import __version__
 if TYPE_CHECKING:
     from device_sdk import Clock, Transport
     from device_sdk.transport import TransportKind
+    from edge_agent._ota import OtaRuntime
 
 __all__ = ["Agent", "Subsystem", "SubsystemFactory"]
 
@@ -131,6 +132,7 @@ class Agent:
         self.session: Session | None = None
         self.health: HealthServer | None = None
         self.exit_reason: str | None = None
+        self.ota: OtaRuntime | None = None
 
     # -- control ------------------------------------------------------------------------
 
@@ -155,6 +157,29 @@ class Agent:
         """Seconds since the agent was created."""
         return self._clock.now() - self._started_at
 
+    def firmware_version(self) -> str:
+        """The active slot's version with OTA configured, else the configured version."""
+        if self.ota is not None:
+            return self.ota.firmware_version
+        return self.config.read_firmware_version()
+
+    def _start_ota(self, config: AgentConfig) -> None:
+        """Agent start is a boot: build the OTA runtime and run the fake bootloader once."""
+        if not config.ota.enabled:
+            return
+        from edge_agent._ota import OtaRuntime  # noqa: PLC0415 - only with OTA configured
+
+        try:
+            self.ota = OtaRuntime(config, logger=self._log.getChild("ota"))
+        except OSError as exc:
+            source = str(config.source_file) if config.source_file else None
+            problem = (
+                f"[ota]: cannot set up OTA: {exc}; fix: check ota.slot_root and the "
+                "ota.trusted_keys files (readable by the agent, slot_root writable)"
+            )
+            raise ConfigError([problem], path=source) from exc
+        self.ota.boot()
+
     # -- main loop ----------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus = IGNORED) -> None:
@@ -168,6 +193,7 @@ class Agent:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         with InstanceLock(config.lock_file):
+            self._start_ota(config)
             first = True
             while True:
                 self._reload.clear()
@@ -191,6 +217,9 @@ class Agent:
         if new.state_dir != config.state_dir:
             self._log.error("reload: state_dir cannot change while running; keeping it")
             new = new.model_copy(update={"state_dir": config.state_dir})
+        if new.ota != config.ota:
+            self._log.error("reload: [ota] changes take effect at the next restart; keeping it")
+            new = new.model_copy(update={"ota": config.ota})
         self._log.info("configuration reloaded from %s", config.source_file)
         return new
 

@@ -101,7 +101,7 @@ class CommandsSubsystem:
         device = self._session.device
         return {
             "version": __version__,
-            "firmware_version": self._session.config.read_firmware_version(),
+            "firmware_version": self._session.agent.firmware_version(),
             "uptime_s": round(self._session.agent.uptime_s, 1),
             "state": str(device.state),
             "outbox_depth": device.outbox_statistics().depth,

@@ -31,6 +31,7 @@ __all__ = [
     "JobsConfig",
     "LoggingConfig",
     "OtaConfig",
+    "OtaHealthCheckConfig",
     "PluginSourceConfig",
     "ProvisioningConfig",
     "RunCommandConfig",
@@ -44,9 +45,10 @@ __all__ = [
 
 _SHOW_MAX = 60
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 CommandName = Literal["run-command", "reboot", "report-status"]
-JobHandlerName = Literal["download-file", "run-command", "reboot"]
+JobHandlerName = Literal["download-file", "run-command", "reboot", "steps", "handler"]
 Interval = Annotated[float, Field(ge=1, le=86_400)]
 
 
@@ -213,18 +215,66 @@ class JobsConfig(_Model):
 
     enabled: bool = True
     handlers: list[JobHandlerName] = Field(
-        default_factory=lambda: list[JobHandlerName](["download-file", "run-command", "reboot"])
+        default_factory=lambda: list[JobHandlerName](
+            ["download-file", "run-command", "reboot", "steps", "handler"]
+        )
     )
     reboot_command: list[str] = Field(default_factory=lambda: ["systemctl", "reboot"], min_length=1)
     download_dir: Path | None = None
     max_download_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     step_timeout_s: Seconds = 600.0
+    handler_dir: Path | None = None
+    allowed_handlers: list[str] = Field(default_factory=list)
+    final_step: Literal["on-success", "always"] = "on-success"
+
+
+class OtaHealthCheckConfig(_Model):
+    """A program run during an update's trial boot; exit status 0 passes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    argv: list[str] = Field(min_length=1)
+    timeout_s: Seconds = 30.0
+    required: bool = True
 
 
 class OtaConfig(_Model):
-    """Firmware updates (placeholder until OTA support lands in device_sdk)."""
+    """Firmware updates through ``device_sdk.ota`` (job documents ``ota/1``).
 
-    installer: Literal["none"] = "none"
+    ``installer``: ``none`` (no OTA), ``ab-slots`` (two directory slots under ``slot_root``
+    with an atomically switched ``active`` symlink, e.g. application bundles on a Pi) or
+    ``simulated`` (versions in memory, for benches).
+    """
+
+    installer: Literal["none", "ab-slots", "simulated"] = "none"
+    device_type: str | None = Field(default=None, min_length=1, max_length=64)
+    slot_root: Path | None = None
+    initial_version: str = Field(default="1.0.0", min_length=1, max_length=64)
+    trusted_keys: dict[str, Path] = Field(default_factory=dict)
+    ca_file: Path | None = None
+    bandwidth_bps: int | None = Field(default=None, ge=1024)
+    reboot: Literal["restart-agent", "system"] = "restart-agent"
+    max_trial_boots: int = Field(default=3, ge=1, le=10)
+    builtin_report_check: bool = True
+    health_check: list[OtaHealthCheckConfig] = Field(default_factory=list)
+    request_timeout_s: Seconds = 30.0
+    download_timeout_s: Seconds = 3600.0
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _key_ids(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for key_id in value:
+            if not _KEY_ID.match(key_id):
+                raise ValueError(
+                    f"key id {key_id!r} is not 16 lowercase hex digits; fix: use the id "
+                    "printed by `cloud-stubs firmware public-key` (the first 16 hex digits "
+                    "of the SHA-256 of the key's DER SubjectPublicKeyInfo)"
+                )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether OTA jobs are handled."""
+        return self.installer != "none"
 
 
 class HealthConfig(_Model):
@@ -279,6 +329,12 @@ class AgentConfig(_Model):
             raise ValueError(
                 "[provisioning] needs [identity] to know where to store the issued certificate"
             )
+        if self.ota.enabled and not self.jobs.enabled:
+            raise ValueError(
+                f'ota.installer = "{self.ota.installer}" needs jobs.enabled = true (updates '
+                'arrive as jobs); fix: enable [jobs] or set ota.installer = "none"'
+            )
+        _check_ota(self.ota)
         return self
 
     @property
@@ -290,6 +346,11 @@ class AgentConfig(_Model):
     def lock_file(self) -> Path:
         """The single-instance lock."""
         return self.state_dir / "agent.lock"
+
+    @property
+    def ota_dir(self) -> Path:
+        """The OTA journal, fault counters and image downloads."""
+        return self.state_dir / "ota"
 
     @property
     def downloads_dir(self) -> Path:
@@ -307,6 +368,56 @@ class AgentConfig(_Model):
                 return "unknown"
             return text.splitlines()[0][:128] if text else "unknown"
         return "unknown"
+
+
+def _check_ota(ota: OtaConfig) -> None:
+    """Cross-field checks of ``[ota]``, including that each trusted key file matches its id."""
+    if not ota.enabled:
+        return
+    need = f'(needed by installer = "{ota.installer}")'
+    if ota.device_type is None:
+        raise ValueError(
+            f'ota.device_type is missing {need}; fix: add device_type = "robot-pi" to [ota] '
+            "(the deviceType of the firmware you upload)"
+        )
+    if ota.installer == "ab-slots" and ota.slot_root is None:
+        raise ValueError(
+            f'ota.slot_root is missing {need}; fix: add slot_root = "/var/lib/edge-agent/slots" '
+            "to [ota] (a directory the agent may write)"
+        )
+    if not ota.trusted_keys:
+        raise ValueError(
+            f"ota.trusted_keys is empty {need}; fix: add [ota.trusted_keys] with "
+            '"<key id>" = "ota-signing.pub.pem" (`cloud-stubs firmware public-key`)'
+        )
+    if len({c.name for c in ota.health_check}) != len(ota.health_check):
+        raise ValueError(
+            "ota.health_check names are not unique; fix: give every [[ota.health_check]] "
+            "its own name"
+        )
+    for key_id, path in ota.trusted_keys.items():
+        shown = json.dumps(str(path))  # in full: a cut path does not help
+        where = f"ota.trusted_keys.{key_id} = {shown}"
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(
+                f"{where}: cannot read it ({exc.strerror}); fix: point it at the PEM public key"
+            ) from None
+        try:
+            from device_sdk.ota import key_id_of  # noqa: PLC0415 - only with OTA configured
+
+            actual = key_id_of(pem)
+        except Exception:  # noqa: BLE001 - any parse failure means the same to the user
+            raise ValueError(
+                f"{where}: not a PEM public key; fix: use the code-signing public key "
+                "(-----BEGIN PUBLIC KEY-----)"
+            ) from None
+        if actual != key_id:
+            raise ValueError(
+                f"{where}: that key's id is {actual}, not {key_id}; fix: write "
+                f'"{actual}" = {shown} or use the right file'
+            )
 
 
 def _check_name(value: str) -> str:
@@ -332,6 +443,9 @@ _PATH_KEYS = {
     ("provisioning", "claim_cert_file"),
     ("provisioning", "claim_key_file"),
     ("jobs", "download_dir"),
+    ("jobs", "handler_dir"),
+    ("ota", "slot_root"),
+    ("ota", "ca_file"),
 }
 
 
@@ -343,6 +457,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         if isinstance(node, dict) and isinstance(node.get(key[-1]), str):
             value = Path(node[key[-1]]).expanduser()
             node[key[-1]] = str(value if value.is_absolute() else base / value)
+    ota = data.get("ota")
+    keys = ota.get("trusted_keys") if isinstance(ota, dict) else None
+    if isinstance(keys, dict):
+        for key_id, file in keys.items():
+            if isinstance(file, str):
+                value = Path(file).expanduser()
+                keys[key_id] = str(value if value.is_absolute() else base / value)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -11,6 +11,7 @@ files and reuse them; the claim is not used again.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 IDENTITY_RECORD = "identity.json"
+CN_CACHE = "identity-cn.json"
 _log = logging.getLogger(__name__)
 
 
@@ -110,13 +112,51 @@ def load_identity(config: AgentConfig) -> DeviceIdentity:
         )
     ca = config.endpoint.ca_file if config.endpoint is not None else None
     name = ident.thing_name or _recorded_thing_name(config)
+    digest = None
+    if name is None:
+        digest = _file_digest(ident.cert_file)
+        name = _cached_common_name(config, digest)
     try:
-        return DeviceIdentity.from_files(ident.cert_file, ident.key_file, ca, thing_name=name)
+        identity = DeviceIdentity.from_files(ident.cert_file, ident.key_file, ca, thing_name=name)
     except (OSError, ValueError) as exc:
         raise IdentityError(
             f"identity.cert_file = {str(ident.cert_file)!r}: unusable certificate: {exc}; "
             "fix: set identity.thing_name or use a certificate whose subject CN is the thing name"
         ) from exc
+    if name is None and digest is not None:
+        _cache_common_name(config, digest, identity.thing_name)
+    return identity
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _cached_common_name(config: AgentConfig, digest: str | None) -> str | None:
+    """The CN read from this very certificate at an earlier start (parsing needs X.509 code)."""
+    if digest is None:
+        return None
+    try:
+        data = json.loads((config.state_dir / CN_CACHE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("cert_sha256") != digest:
+        return None
+    name = data.get("thing_name")
+    return name if isinstance(name, str) and name else None
+
+
+def _cache_common_name(config: AgentConfig, digest: str, thing_name: str) -> None:
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = config.state_dir / (CN_CACHE + ".tmp")
+        tmp.write_text(json.dumps({"cert_sha256": digest, "thing_name": thing_name}) + "\n")
+        tmp.replace(config.state_dir / CN_CACHE)
+    except OSError as exc:
+        _log.debug("cannot cache the certificate's CN: %s", exc)
 
 
 def greengrass_identity(config: AgentConfig) -> DeviceIdentity:

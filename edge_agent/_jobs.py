@@ -17,6 +17,13 @@ in the Device Client. ``reboot`` journals the request, reports ``IN_PROGRESS``, 
 ``jobs.reboot_command`` and stops the agent; after the restart the execution is reported
 ``SUCCEEDED``. Only handlers listed in ``jobs.handlers`` run; other operations are
 ``REJECTED``.
+
+Documents of the Device Client's job document schema ``1.0`` (``version`` + ``steps`` with
+``runHandler`` / ``runCommand`` actions, ``finalStep``) are selected by their ``steps`` key and
+run by the ``steps`` handler (:mod:`edge_agent._steps`). With ``jobs.handler_dir`` set, a classic
+document whose ``operation`` is none of the above names a handler file there (the Device
+Client's old schema), run by the ``handler`` handler. With ``[ota]`` configured, ``ota/1``
+documents (operation ``ota``) run through :mod:`edge_agent._ota`.
 """
 
 from __future__ import annotations
@@ -33,9 +40,19 @@ from device_sdk.jobs import (
     JobOutcome,
     JobRejected,
     JobRunner,
+    JobsClient,
     RebootRequested,
 )
-from edge_agent._actions import ActionError, download_file, reboot, run_command
+from edge_agent._actions import (
+    ActionError,
+    check_command,
+    download_file,
+    reboot,
+    resolve_handler,
+    run_command,
+    run_handler,
+)
+from edge_agent._steps import STEPS_OPERATION, StepAction, parse_steps, run_steps, select_operation
 from edge_agent._tasks import IGNORED, TaskStatus
 
 if TYPE_CHECKING:
@@ -47,6 +64,11 @@ __all__ = ["JobsSubsystem", "jobs_subsystem"]
 
 _log = logging.getLogger(__name__)
 JOURNAL_FILE = "jobs.journal"
+OTA_OPERATION = "ota"
+HANDLER_OPERATION = "handler"
+BUILT_IN_OPERATIONS = frozenset({"download-file", "run-command", "reboot", STEPS_OPERATION})
+_DETAIL_MAX = 1024
+_STDERR_MAX = 512
 
 
 def _fail(exc: ActionError) -> JobFailed:
@@ -99,55 +121,160 @@ class JobsSubsystem:
             result = await run_command(self._session.config, command, timeout_s=timeout, user=user)
         except ActionError as exc:
             raise _fail(exc) from exc
+        return self._classic_details(doc, result, allow_stderr)
+
+    async def _steps(self, ctx: JobContext) -> Mapping[str, Any]:
+        config = self._session.config
+        try:
+            document = parse_steps(ctx.document)
+            handlers = {}
+            for action in document.actions:  # everything is checked before anything runs
+                if action.type == "runHandler":
+                    handlers[action.name] = resolve_handler(config, action.handler, action.path)
+                else:
+                    check_command(config, action.command)
+        except ActionError as exc:
+            raise _fail(exc) from exc
+
+        async def run(action: StepAction) -> dict[str, Any]:
+            if action.type == "runHandler":
+                # As the Device Client: the handler gets runAsUser as its first argument.
+                args = [action.run_as_user or "", *action.args]
+                return await run_handler(config, handlers[action.name], args)
+            return await run_command(config, action.command, user=action.run_as_user)
+
+        total = len(document.steps)
+
+        async def progress(index: int, action: StepAction) -> None:
+            step = "final" if index >= total else f"{index + 1}/{total}"
+            await ctx.progress({"step": step, "name": action.name})
+
+        result = await run_steps(
+            document, run, final_always=config.jobs.final_step == "always", progress=progress
+        )
+        details: dict[str, Any] = {"steps": f"{result.ran}/{total}"}
+        if result.final is not None:
+            details["final_step"] = result.final
+        if result.ignored:
+            details["ignored"] = ",".join(result.ignored)[:_DETAIL_MAX]
+        exit_code = result.last.get("exit_code")
+        if exit_code is not None:
+            details["exit_code"] = exit_code
+        stdout = result.last.get("stdout")
+        if document.include_stdout and stdout:
+            details["stdout"] = stdout[-_DETAIL_MAX:]
+        if result.ok:
+            return details
+        assert result.failed is not None  # noqa: S101 - not ok means a failed step
+        assert result.error is not None  # noqa: S101
+        stderr = result.last.get("stderr")
+        if stderr:
+            details["stderr"] = stderr[-_STDERR_MAX:]
+        details["failed_step"] = result.failed.name[:_DETAIL_MAX]
+        details["code"] = result.error.code
+        raise JobFailed(f"step {result.failed.name!r} failed: {result.error}", details)
+
+    async def _handler(self, ctx: JobContext) -> Mapping[str, Any]:
+        """A classic document whose ``operation`` names a handler in ``jobs.handler_dir``."""
+        config = self._session.config
+        doc = ctx.document
+        args = doc.get("args", [])
+        allow_stderr = doc.get("allowStdErr")
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise JobRejected("args must be a list of strings")
+        try:
+            path = resolve_handler(config, doc.get("operation"), doc.get("path"))
+            result = await run_handler(config, path, args)
+        except ActionError as exc:
+            raise _fail(exc) from exc
+        return self._classic_details(doc, result, allow_stderr)
+
+    def _classic_details(
+        self, doc: Mapping[str, Any], result: Mapping[str, Any], allow_stderr: Any
+    ) -> dict[str, Any]:
         stderr_lines = len(result["stderr"].splitlines())
         if isinstance(allow_stderr, int) and stderr_lines > allow_stderr:
             raise JobFailed(
                 f"{stderr_lines} lines on stderr, allowStdErr is {allow_stderr}",
-                {"stderr": result["stderr"][-512:]},
+                {"stderr": result["stderr"][-_STDERR_MAX:]},
             )
         details: dict[str, Any] = {"exit_code": result["exit_code"]}
         if doc.get("includeStdOut"):
-            details["stdout"] = result["stdout"][-1024:]
+            details["stdout"] = result["stdout"][-_DETAIL_MAX:]
         if result["truncated"]:
             details["truncated"] = True
         return details
+
+    def _select(self, document: Mapping[str, Any]) -> str | None:
+        """The handler of a document: steps, a built-in operation, or a handler file."""
+        op = select_operation(document)
+        jobs = self._session.config.jobs
+        if (
+            op is None
+            or op in BUILT_IN_OPERATIONS
+            or op == OTA_OPERATION
+            or HANDLER_OPERATION not in jobs.handlers
+            or jobs.handler_dir is None
+        ):
+            return op
+        return HANDLER_OPERATION
 
     async def _reboot(self, ctx: JobContext) -> RebootRequested:
         del ctx
         return RebootRequested({"reboot": "requested"})
 
-    def _handlers(self) -> dict[str, JobHandler]:
+    def _handlers(self, jobs: JobsClient) -> dict[str, JobHandler]:
         available: dict[str, Handler] = {
             "download-file": self._download_file,
             "run-command": self._run_command,
             "reboot": self._reboot,
+            STEPS_OPERATION: self._steps,
+            HANDLER_OPERATION: self._handler,
         }
         timeout = self._session.config.jobs.step_timeout_s
-        return {
+        handlers: dict[str, JobHandler] = {
             name: JobHandler(available[name], timeout_s=timeout)
             for name in self._session.config.jobs.handlers
         }
+        ota = self._session.agent.ota
+        if ota is not None:
+            handlers[OTA_OPERATION] = ota.handler(jobs)
+        return handlers
 
     async def _count(self, outcomes: AsyncIterable[JobOutcome]) -> None:
+        ota = self._session.agent.ota
         async for outcome in outcomes:
             if outcome.status is not None and not outcome.reboot_requested:
                 self._session.stats.jobs[str(outcome.status)] += 1
+            if ota is not None and not outcome.reported and not outcome.reboot_requested:
+                await ota.settle_orphan(outcome.job_id)
 
     async def run(self, *, task_status: TaskStatus = IGNORED) -> None:
         """Run jobs until cancelled; on a reboot request, reboot and stop the agent."""
         session = self._session
-        runner = JobRunner(
-            session.device,
-            self._handlers(),
-            journal_path=session.config.state_dir / JOURNAL_FILE,
-            handler_timeout_s=session.config.jobs.step_timeout_s,
-            logger=_log,
-        )
-        async with runner.outcomes() as outcomes, asyncio.TaskGroup() as tg:
-            counter = tg.create_task(self._count(outcomes), name="edge_agent.jobs.outcomes")
-            task_status.started()
-            outcome = await runner.run()
-            counter.cancel()
+        async with JobsClient(session.device) as jobs:
+            runner = JobRunner(
+                session.device,
+                self._handlers(jobs),
+                journal_path=session.config.state_dir / JOURNAL_FILE,
+                jobs=jobs,
+                operation_selector=self._select,
+                handler_timeout_s=session.config.jobs.step_timeout_s,
+                logger=_log,
+            )
+            async with runner.outcomes() as outcomes, asyncio.TaskGroup() as tg:
+                counter = tg.create_task(self._count(outcomes), name="edge_agent.jobs.outcomes")
+                task_status.started()
+                outcome = await runner.run()
+                counter.cancel()
+        ota = session.agent.ota
+        if ota is not None and ota.restart_for == outcome.job_id:
+            ota.restart_for = None
+            if session.config.ota.reboot == "restart-agent":
+                # The update is installed and activated on trial: a restart of the agent is
+                # the "reboot" (systemd's Restart=always starts it again).
+                session.agent.request_stop(reason=f"restart for OTA job {outcome.job_id}")
+                return
         _log.warning("job %s asked for a reboot", outcome.job_id)
         try:
             await reboot(session.config)
@@ -158,6 +285,7 @@ class JobsSubsystem:
 
 def jobs_subsystem(session: Session) -> JobsSubsystem | None:
     """The jobs subsystem, unless ``jobs.enabled`` is false or no handler is enabled."""
-    if not session.config.jobs.enabled or not session.config.jobs.handlers:
+    config = session.config
+    if not config.jobs.enabled or not (config.jobs.handlers or config.ota.enabled):
         return None
     return JobsSubsystem(session)

@@ -1,4 +1,4 @@
-"""What ``/metrics`` shows: connection, outbox, publish latency, telemetry, jobs, commands.
+"""What ``/metrics`` shows: connection, outbox, publish latency, telemetry, jobs, commands, OTA.
 
 All names start with ``edge_agent_``. Counters of the device client and the outbox restart at
 zero with each session (a reload); Prometheus' ``rate()`` handles such resets.
@@ -47,6 +47,19 @@ def render_metrics(agent: Agent, session: Session | None) -> str:
     w = MetricsWriter()
     w.gauge("edge_agent_info", 1, "Agent version.", {"version": __version__})
     w.gauge("edge_agent_uptime_seconds", round(agent.uptime_s, 3), "Seconds since start.")
+    w.gauge(
+        "edge_agent_firmware_info",
+        1,
+        "Running firmware version (the active slot's with OTA).",
+        {"version": agent.firmware_version()},
+    )
+    ota = agent.ota
+    if ota is not None:
+        w.gauge("edge_agent_ota_on_trial", int(ota.on_trial), "1 while an update is on trial.")
+        for outcome, count in sorted(ota.outcomes.items()):
+            w.counter(
+                "edge_agent_ota_updates_total", count, "Updates by outcome.", {"outcome": outcome}
+            )
     cpu = time.process_time()
     w.counter("edge_agent_process_cpu_seconds_total", round(cpu, 3), "CPU time of the agent.")
     rss = _process_rss_bytes()

@@ -10,16 +10,20 @@ last desired settings apply at boot even before the agent is online. ``desired``
 
     {"agent_version": "0.1.0", "firmware_version": "fw-1.0", "uptime_s": 3600.0,
      "boot": "<id of this agent run>",
+     "ota": {"installer": "ab-slots", "on_trial": false, "last_job": "...",
+             "last_state": "COMMITTED", "last_reason_code": null},   # with [ota] only
      "telemetry": {"system": {"interval_s": 30, "enabled": true}, ...},
      "settings_errors": null}
 
 so the shadow's delta empties once a change took effect. Invalid entries are ignored and
 listed in ``settings_errors``. ``uptime_s`` is refreshed every
-``settings_shadow.report_interval_s``.
+``settings_shadow.report_interval_s``. ``firmware_version`` is the active slot's version when
+OTA is configured; it and ``ota`` are reported again as soon as an update ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +79,35 @@ class SettingsShadow:
 
     def _facts(self) -> dict[str, Any]:
         session = self._session
-        return {
+        facts: dict[str, Any] = {
             "agent_version": __version__,
-            "firmware_version": session.config.read_firmware_version(),
+            "firmware_version": session.agent.firmware_version(),
             "uptime_s": round(session.agent.uptime_s, 1),
             "boot": session.scheduler.boot_id,
         }
+        ota = session.agent.ota
+        if ota is not None:
+            facts["ota"] = ota.facts()
+        return facts
+
+    async def _wait_report(self, seconds: float) -> dict[str, Any]:
+        """Wait for the next periodic report, or an OTA change; return what to report."""
+        session = self._session
+        ota = session.agent.ota
+        if ota is None:
+            await session.agent.clock.sleep(seconds)
+            return {"uptime_s": round(session.agent.uptime_s, 1)}
+        sleep = asyncio.ensure_future(session.agent.clock.sleep(seconds))
+        changed = asyncio.ensure_future(ota.changed.wait())
+        try:
+            await asyncio.wait({sleep, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            changed.cancel()
+        if ota.changed.is_set():
+            ota.changed.clear()
+            return self._facts()
+        return {"uptime_s": round(session.agent.uptime_s, 1)}
 
     async def run(self, *, task_status: TaskStatus = IGNORED) -> None:
         """Keep the shadow in sync until cancelled."""
@@ -100,10 +127,8 @@ class SettingsShadow:
             patch = self._apply(sync.desired, sync.reported)
             await sync.report({**self._facts(), **patch})
             task_status.started()
-            clock = session.agent.clock
             while True:
-                await clock.sleep(config.report_interval_s)
-                await sync.report({"uptime_s": round(session.agent.uptime_s, 1)})
+                await sync.report(await self._wait_report(config.report_interval_s))
 
 
 def settings_shadow_subsystem(session: Session) -> SettingsShadow | None:

@@ -37,7 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +67,10 @@ if TYPE_CHECKING:
     from device_sdk.jobs._model import NextJobEvent
     from device_sdk.shadow._stream import EventStream
 
-__all__ = ["JobOutcome", "JobRunner"]
+__all__ = ["JobOutcome", "JobRunner", "OperationSelector"]
+
+OperationSelector = Callable[[Mapping[str, Any]], str | None]
+"""Picks a job document's operation (the handler name), or ``None`` if it has none."""
 
 _RETRY = ReconnectPolicy(base_s=0.5, cap_s=60.0, min_interval_s=0.1)
 _STOPPED = (ClientState.CLOSING, ClientState.CLOSED, ClientState.FAILED)
@@ -115,6 +118,10 @@ class JobRunner:
             :class:`~device_sdk.jobs.JobContext`) or :class:`~device_sdk.jobs.JobHandler`.
         journal_path: The journal file (one per device; keep it on persistent storage).
         operation_field: Key of the operation in the job document.
+        operation_selector: ``(document) -> operation or None``, used instead of
+            ``operation_field`` to pick the handler, for documents of other schemas (for
+            example the AWS IoT Device Client's ``steps`` documents). ``None`` (or a name
+            without handler) rejects the execution.
         jobs: A shared, entered :class:`~device_sdk.jobs.JobsClient` (default: own one).
         step_timeout_minutes: Step timer requested with ``start-next`` (the cloud marks the
             execution TIMED_OUT if the device goes silent for that long).
@@ -131,6 +138,7 @@ class JobRunner:
         *,
         journal_path: str | os.PathLike[str],
         operation_field: str = "operation",
+        operation_selector: OperationSelector | None = None,
         jobs: JobsClient | None = None,
         step_timeout_minutes: int | None = None,
         handler_timeout_s: float | None = None,
@@ -142,6 +150,7 @@ class JobRunner:
         }
         self.journal = JobJournal(Path(journal_path))
         self._field = operation_field
+        self._select = operation_selector
         self._shared_jobs = jobs
         self._step_timeout = step_timeout_minutes
         self._handler_timeout = handler_timeout_s
@@ -285,9 +294,18 @@ class JobRunner:
         doc = execution.job_document
         if not isinstance(doc, dict):
             return None, "job document is not a JSON object"
-        op = doc.get(self._field)
-        if not isinstance(op, str) or not op:
-            return None, f"job document has no {self._field!r} string"
+        if self._select is not None:
+            try:
+                op = self._select(doc)
+            except Exception as exc:  # noqa: BLE001 - a selector bug rejects, never stops
+                self._log.exception("%s: operation selector failed", self._name)
+                return None, f"operation selector failed: {type(exc).__name__}"
+            if not isinstance(op, str) or not op:
+                return None, "job document has no operation this device understands"
+        else:
+            op = doc.get(self._field)
+            if not isinstance(op, str) or not op:
+                return None, f"job document has no {self._field!r} string"
         if op not in self._handlers:
             return None, f"unknown operation {op!r}"
         return op, ""

@@ -18,7 +18,10 @@ from cloud_stubs import LocalIoTCore
 from tests.edge_agent.conftest import PYTHON, AgentEnv
 
 WINDOW_S = float(os.environ.get("EDGE_AGENT_FOOTPRINT_S", "10"))
-RSS_LIMIT_MB = 60.0  # target 50 MB; the limit leaves room for noisy CI machines
+# Target 50 MB. Measured 52.1 MB (paho) / 57.3 MB (crt); 42.9 MB once device_sdk._identity
+# imports cryptography.x509 lazily (see docs/edge_agent.md, "Footprint"). The limit stays
+# above the crt figure until then.
+RSS_LIMIT_MB = 60.0
 CPU_LIMIT_PERCENT = 1.0  # target 0.5 %
 _TICKS = os.sysconf("SC_CLK_TCK")
 

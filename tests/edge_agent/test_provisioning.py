@@ -8,6 +8,7 @@ from typing import Any
 
 from cloud_stubs._state import issue_claim, load_ca
 from cloud_stubs.provisioning._store import ProvisioningStore
+from edge_agent._identity import CN_CACHE, load_identity
 from tests.edge_agent.conftest import AgentEnv, running_agent, subscribed
 
 TEMPLATE = "EdgeFleet"
@@ -73,3 +74,19 @@ timeout_s = 10
         assert again.session is not None
         assert again.session.device.thing_name == "edge-0042"
     assert agent_env.cert_file.read_bytes() == cert_before
+
+
+def test_the_certificate_cn_is_cached_per_certificate(agent_env: AgentEnv) -> None:
+    """Later starts take the thing name from the cache instead of parsing X.509 again."""
+    config = agent_env.config()
+    agent_env.state_dir.mkdir(parents=True, exist_ok=True)
+    assert load_identity(config).thing_name == agent_env.thing_name
+    cache = agent_env.state_dir / CN_CACHE
+    record = json.loads(cache.read_text())
+    assert record["thing_name"] == agent_env.thing_name
+    # The cache is what is used next time (proved by a different name under the same digest).
+    cache.write_text(json.dumps({**record, "thing_name": "from-cache"}))
+    assert load_identity(config).thing_name == "from-cache"
+    # Another certificate (different digest) is parsed again.
+    cache.write_text(json.dumps({"cert_sha256": "0" * 64, "thing_name": "stale"}))
+    assert load_identity(config).thing_name == agent_env.thing_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import types
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,44 @@ def test_document_checks(document: Any, reason: str) -> None:
 
     runner = JobRunner.__new__(JobRunner)
     runner._field = "operation"
+    runner._select = None
     runner._handlers = {"ok": ok}  # type: ignore[dict-item]
     op, why = runner._operation(_execution(document))
     assert why == reason
     assert (op is None) == bool(reason)
+
+
+def _selecting(document: Any) -> str | None:
+    if "steps" in document:
+        return "steps"
+    if document.get("boom"):
+        raise KeyError("boom")
+    kind = document.get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+@pytest.mark.parametrize(
+    ("document", "op", "reason"),
+    [
+        ({"version": "1.0", "steps": []}, "steps", ""),
+        ({"kind": "ok"}, "ok", ""),
+        ({"operation": "ok"}, None, "job document has no operation this device understands"),
+        ({"kind": "x"}, None, "unknown operation 'x'"),
+        ({"boom": True}, None, "operation selector failed: KeyError"),
+        ("text", None, "job document is not a JSON object"),
+    ],
+)
+def test_operation_selector(document: Any, op: str | None, reason: str) -> None:
+    async def ok(ctx: Any) -> None:
+        return None
+
+    runner = JobRunner.__new__(JobRunner)
+    runner._field = "operation"
+    runner._select = _selecting
+    runner._handlers = {"ok": ok, "steps": ok}  # type: ignore[dict-item]
+    runner._name = "test"
+    runner._log = logging.getLogger("test")
+    assert runner._operation(_execution(document)) == (op, reason)
 
 
 def test_wire_models() -> None:
