@@ -100,7 +100,8 @@ class ConnectionOptions:
         keepalive_s: MQTT keep-alive. IoT Core accepts 30..1200 s and adjusts others. With the
             default 60 s and ``ping_timeout_s`` 30 s a half-open link is detected within about
             90 s (CRT) or at most two keep-alive periods (paho).
-        ping_timeout_s: How long to wait for PINGRESP before declaring the link dead (CRT).
+        ping_timeout_s: How long to wait for PINGRESP before declaring the link dead (CRT,
+            native).
         connect_timeout_s: TCP + TLS + CONNACK budget of one connection attempt.
         ack_timeout_s: Per-operation ack timeout for SUBSCRIBE/UNSUBSCRIBE.
         clean_start: MQTT 5 Clean Start flag.
@@ -110,8 +111,8 @@ class ConnectionOptions:
         receive_buffer: Capacity of the inbound message buffer; excess messages are dropped
             and counted (see :class:`TransportStatistics`).
         max_inflight: Outbound QoS 1 messages awaiting PUBACK at the transport (IoT Core: 100).
-        mqtt_version: 5 (default) or 3 for MQTT 3.1.1 (paho transport only; user properties,
-            session expiry and will properties are not sent on 3.1.1).
+        mqtt_version: 5 (default) or 3 for MQTT 3.1.1 (paho and native transports; user
+            properties, session expiry and will properties are not sent on 3.1.1).
     """
 
     keepalive_s: int = 60
