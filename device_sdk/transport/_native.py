@@ -69,7 +69,7 @@ from device_sdk.transport._errors import (
     NON_RETRYABLE_CONNACK_CODES,
     is_certificate_problem,
 )
-from device_sdk.transport._tls import ALPN_MQTT_CA, _load_pem_chain
+from device_sdk.transport._tls import configure_client_context
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -144,37 +144,8 @@ def _build_context(identity: DeviceIdentity, endpoint: Endpoint) -> ssl.SSLConte
         ctx = _CONTEXTS.get(key)
     if ctx is not None:
         return ctx
-    creds = identity.credentials
-    if isinstance(creds, Pkcs11Credentials):  # pragma: no cover - rejected by the key
-        raise TypeError("PKCS#11 identities need the 'crt' transport (awscrt)")
-    ca_file = endpoint.ca_file
-    ca_pem: bytes | None = None
-    if ca_file is None and isinstance(creds, FileCredentials):
-        ca_file = creds.ca_file
-    if ca_file is None and isinstance(creds, PemCredentials):
-        ca_pem = creds.ca_pem
-    try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and hostname
-        if ca_file is None and ca_pem is None:
-            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            ctx.load_verify_locations(
-                cafile=str(ca_file) if ca_file is not None else None,
-                cadata=ca_pem.decode() if ca_pem is not None else None,
-            )
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        # TLS 1.2 (as the paho transport): a refused client certificate fails the handshake
-        # with an alert instead of surfacing later as a closed connection.
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-        if isinstance(creds, FileCredentials):
-            ctx.load_cert_chain(str(creds.cert_file), str(creds.key_file))
-        else:
-            _load_pem_chain(ctx, creds.cert_pem, creds.key_pem)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        msg = f"cannot load TLS credentials of {identity.thing_name!r}: {exc}"
-        raise AuthorizationError(msg) from exc
-    if endpoint.alpn:
-        ctx.set_alpn_protocols([ALPN_MQTT_CA])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and hostname
+    configure_client_context(ctx, identity, endpoint)
     with _CONTEXTS_LOCK:
         return _CONTEXTS.setdefault(key, ctx)
 

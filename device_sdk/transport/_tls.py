@@ -59,10 +59,26 @@ def build_ssl_context(identity: DeviceIdentity, endpoint: Endpoint) -> TrackingS
         AuthorizationError: The certificate, key or CA cannot be loaded (retrying won't help).
         TypeError: The identity's key lives in PKCS#11, which needs the CRT transport.
     """
+    ctx = TrackingSSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and hostname
+    configure_client_context(ctx, identity, endpoint)
+    return ctx
+
+
+def configure_client_context(
+    ctx: ssl.SSLContext, identity: DeviceIdentity, endpoint: Endpoint
+) -> None:
+    """Load CA, client certificate and ALPN of ``identity`` into a fresh client context.
+
+    Shared by the paho and native transports (blocking: call it from a worker thread).
+
+    Raises:
+        AuthorizationError: The certificate, key or CA cannot be loaded (retrying won't help).
+        TypeError: The identity's key lives in PKCS#11, which needs the CRT transport.
+    """
     creds = identity.credentials
     if isinstance(creds, Pkcs11Credentials):
         raise TypeError(
-            "PKCS#11 identities need the 'crt' transport (awscrt); paho cannot use them"
+            "PKCS#11 identities need the 'crt' transport (awscrt); paho and native cannot use them"
         )
     ca_file = endpoint.ca_file
     ca_pem: bytes | None = None
@@ -71,7 +87,6 @@ def build_ssl_context(identity: DeviceIdentity, endpoint: Endpoint) -> TrackingS
     if ca_file is None and isinstance(creds, PemCredentials):
         ca_pem = creds.ca_pem
     try:
-        ctx = TrackingSSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and hostname
         if ca_file is None and ca_pem is None:
             ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
         else:
@@ -94,7 +109,6 @@ def build_ssl_context(identity: DeviceIdentity, endpoint: Endpoint) -> TrackingS
         raise AuthorizationError(msg) from exc
     if endpoint.alpn:
         ctx.set_alpn_protocols([ALPN_MQTT_CA])
-    return ctx
 
 
 def _load_pem_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
