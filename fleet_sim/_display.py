@@ -170,6 +170,15 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
             f"{op['commands_sent']} commands, {op['desired_sent']} desired "
             f"changes; command round trip {_lat(op['command_rtt'])}",
         )
+    if "ota" in s:
+        t.add_row("ota", ", ".join(f"{k}: {v}" for k, v in sorted(s["ota"].items())))
+    for dep in s.get("operator", {}).get("deployments", []):
+        reason = f" ({dep['reason']})" if dep.get("reason") else ""
+        t.add_row(
+            "deployment",
+            f"{dep.get('deployment_id', '—')} -> {dep.get('version')} on "
+            f"{', '.join(dep.get('groups', []))}: {dep.get('status', '—')}{reason}",
+        )
     if "sink" in s:
         sk = s["sink"]
         lost = sk["lost"]

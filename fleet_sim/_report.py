@@ -134,6 +134,9 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             "rss_per_device_bytes": round(per_device) if per_device is not None else None,
         },
     }
+    ota = {k.removeprefix("ota_"): int(v) for k, v in c.items() if k.startswith("ota_")}
+    if ota:
+        out["ota"] = ota
     if report.get("sink"):
         s = report["sink"]
         out["sink"] = {
@@ -146,6 +149,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             "desired_sent": op.get("desired_sent"),
             "command_outcomes": op.get("command_outcomes"),
             "command_rtt": _latency(op.get("command_rtt")),
+            "deployments": op.get("deployments", []),
         }
     return out
 

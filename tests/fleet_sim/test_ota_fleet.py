@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from cloud_stubs import LocalIoTCore
 from cloud_stubs.deployments import BatchStatus, DeploymentStatus, create_deployment
 from cloud_stubs.firmware import FirmwareManifest, FirmwareStore
 from fleet_sim import SimConfig, parse_scenario, run
+from fleet_sim._display import print_summary
 from fleet_sim._live import LiveState
 from fleet_sim._ota import failing_devices
 from fleet_sim._plan import iter_devices
@@ -269,6 +271,15 @@ deployments:
         10,
     )
     assert report["summary"]["errors"]["total"] == 0, report["summary"]["errors"]
+    summary = report["summary"]
+    assert (summary["ota"]["succeeded"], summary["ota"]["failed"]) == (8, 2)
+    assert summary["operator"]["deployments"][0]["status"] == "COMPLETED"
+    console = Console(record=True, width=200)
+    print_summary(console, report)
+    text = console.export_text()
+    assert "failed: 2" in text
+    assert f"{dep['deployment_id']} -> 4.0.0" in text
+    assert "COMPLETED" in text
     names = [f"one-{i:02d}" for i in range(1, 11)]
     versions = await shadow_versions(core, names)
     assert versions == {n: OLD if n in failing else "4.0.0" for n in names}
