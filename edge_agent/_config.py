@@ -98,7 +98,7 @@ class TransportConfig(_Model):
 
     mode: Literal["mqtt", "greengrass"] = "mqtt"
     thing_name: str | None = Field(default=None, min_length=1, max_length=128)
-    kind: Literal["auto", "crt", "paho"] = "auto"
+    kind: Literal["auto", "crt", "paho", "native"] = "auto"
     mqtt_version: Literal[3, 5] = 5
     keepalive_s: int = Field(default=60, ge=30, le=1200)
     connect_timeout_s: Seconds = 10.0
