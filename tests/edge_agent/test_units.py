@@ -52,7 +52,7 @@ def test_config_defaults_and_relative_paths():
     ("patch", "expected"),
     [
         ({"telemetry": {"system": {"interval_s": 0.5}}}, "telemetry.system.interval_s = 0.5"),
-        ({"transport": {"kind": "mqtt5"}}, "use one of 'auto', 'crt' or 'paho'"),
+        ({"transport": {"kind": "mqtt5"}}, "use one of 'auto', 'crt', 'paho' or 'native'"),
         ({"health": {"port": 70000}}, "health.port = 70000"),
         ({"commands": {"allow": ["rm-rf"]}}, 'commands.allow[0] = "rm-rf"'),
         ({"logging": {"lvl": "debug"}}, "logging.lvl"),
