@@ -55,6 +55,9 @@ from device_sdk import LatencyHistogram
 
 ROOT = Path(__file__).resolve().parents[1]
 CONNECT_CONCURRENCY = 256
+PROFILE_RAW = os.environ.get("BENCH_PROFILE_FORMAT") == "raw"
+"""``BENCH_PROFILE_FORMAT=raw``: write py-spy's collapsed stacks (``.txt``) instead of an SVG;
+``BENCH_PROFILE_ARGS`` adds py-spy options (e.g. ``--gil --native``)."""
 PAYLOAD_FILL = {
     "temperature": 21.53,
     "humidity": 45.2,
@@ -367,7 +370,9 @@ def run_fleet_sim(
                 "-d",
                 str(int(min(20, seconds))),
                 "-o",
-                str(profile / f"fleet_sim-{n}.svg"),
+                str(profile / f"fleet_sim-{n}.{'txt' if PROFILE_RAW else 'svg'}"),
+                *(["--format", "raw"] if PROFILE_RAW else []),
+                *os.environ.get("BENCH_PROFILE_ARGS", "").split(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -69,7 +69,7 @@ from device_sdk.transport._errors import (
     NON_RETRYABLE_CONNACK_CODES,
     is_certificate_problem,
 )
-from device_sdk.transport._tls import configure_client_context
+from device_sdk.transport._tls import configure_client_context, configure_trust, load_client_chain
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -90,7 +90,41 @@ _SELECTOR_NEEDED: Final = (
 )
 
 # -- shared TLS contexts ----------------------------------------------------------------
+#
+# Identities from files share ONE client context per trust setting (CA file, ALPN): OpenSSL
+# copies the context's certificate and key into each connection when the connection object
+# is created (SSL_new -> ssl_cert_dup, reference-counted), so loading a device's chain into
+# the shared context and wrapping its socket right after, under a lock, gives that socket
+# that device's identity. A context costs ~22 KB and ~0.8 ms to build (CA parsing, OpenSSL 3
+# context setup); per identity that was the largest part of a simulated device's memory and
+# of the client's share of a connect. Each connect re-reads the certificate and key files
+# (~0.7 ms in a worker thread, GIL released), so a certificate rotated on disk is used from
+# the next connect on. PEM identities (in memory) keep one context each.
 
+
+class _SharedContext:
+    """A trust-only client context and the lock held from loading a chain to wrapping."""
+
+    __slots__ = ("__weakref__", "ctx", "lock")
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.ctx = ctx
+        self.lock = threading.Lock()
+
+    def wrap(self, identity: DeviceIdentity, raw: socket.socket, host: str) -> ssl.SSLSocket:
+        """Wrap ``raw`` as a TLS client socket presenting ``identity`` (blocking).
+
+        Raises:
+            AuthorizationError: The certificate or key cannot be loaded.
+        """
+        with self.lock:
+            load_client_chain(self.ctx, identity)
+            return self.ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+
+
+_SHARED: weakref.WeakValueDictionary[tuple[object, ...], _SharedContext] = (
+    weakref.WeakValueDictionary()
+)
 _CONTEXTS: weakref.WeakValueDictionary[tuple[object, ...], ssl.SSLContext] = (
     weakref.WeakValueDictionary()
 )
@@ -101,6 +135,7 @@ def clear_context_cache() -> None:
     """Forget the shared TLS contexts (transports keep the ones they already use)."""
     with _CONTEXTS_LOCK:
         _CONTEXTS.clear()
+        _SHARED.clear()
 
 
 def _file_stamp(path: Path | None) -> tuple[str, int, int] | None:
@@ -113,33 +148,44 @@ def _file_stamp(path: Path | None) -> tuple[str, int, int] | None:
     return (str(path), st.st_mtime_ns, st.st_size)
 
 
-def _context_key(identity: DeviceIdentity, endpoint: Endpoint) -> tuple[object, ...]:
+def _pem_context_key(creds: PemCredentials, endpoint: Endpoint) -> tuple[object, ...]:
+    digest = hashlib.sha256()
+    for part in (creds.cert_pem, creds.key_pem, creds.ca_pem or b""):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return ("pem", digest.hexdigest(), _file_stamp(endpoint.ca_file), endpoint.alpn)
+
+
+def _shared_context(identity: DeviceIdentity, endpoint: Endpoint) -> _SharedContext:
+    """The trust-only context for a file identity (blocking: worker thread).
+
+    Raises:
+        AuthorizationError: The CA cannot be loaded.
+    """
     creds = identity.credentials
-    if isinstance(creds, FileCredentials):
-        ca = endpoint.ca_file or creds.ca_file
-        return (
-            "file",
-            _file_stamp(creds.cert_file),
-            _file_stamp(creds.key_file),
-            _file_stamp(ca),
-            endpoint.alpn,
-        )
-    if isinstance(creds, PemCredentials):
-        digest = hashlib.sha256()
-        for part in (creds.cert_pem, creds.key_pem, creds.ca_pem or b""):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-        return ("pem", digest.hexdigest(), _file_stamp(endpoint.ca_file), endpoint.alpn)
-    raise TypeError("PKCS#11 identities need the 'crt' transport (awscrt)")
+    if not isinstance(creds, FileCredentials):
+        raise TypeError("only file identities share a context")
+    key = (_file_stamp(endpoint.ca_file or creds.ca_file), endpoint.alpn)
+    with _CONTEXTS_LOCK:
+        shared = _SHARED.get(key)
+    if shared is not None:
+        return shared
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and hostname
+    configure_trust(ctx, identity, endpoint)
+    with _CONTEXTS_LOCK:
+        return _SHARED.setdefault(key, _SharedContext(ctx))
 
 
 def _build_context(identity: DeviceIdentity, endpoint: Endpoint) -> ssl.SSLContext:
-    """Build (blocking: worker thread) or reuse the client context of ``identity``.
+    """Build (blocking: worker thread) or reuse the client context of a PEM identity.
 
     Raises:
         AuthorizationError: The certificate, key or CA cannot be loaded.
     """
-    key = _context_key(identity, endpoint)
+    creds = identity.credentials
+    if not isinstance(creds, PemCredentials):
+        raise TypeError("PKCS#11 identities need the 'crt' transport (awscrt)")
+    key = _pem_context_key(creds, endpoint)
     with _CONTEXTS_LOCK:
         ctx = _CONTEXTS.get(key)
     if ctx is not None:
@@ -148,6 +194,14 @@ def _build_context(identity: DeviceIdentity, endpoint: Endpoint) -> ssl.SSLConte
     configure_client_context(ctx, identity, endpoint)
     with _CONTEXTS_LOCK:
         return _CONTEXTS.setdefault(key, ctx)
+
+
+def _close_late(fut: asyncio.Future[ssl.SSLSocket], raw: socket.socket) -> None:
+    """A wrap finished after its connect was abandoned: close what it produced."""
+    if fut.cancelled() or fut.exception() is not None:
+        raw.close()
+    else:
+        fut.result().close()
 
 
 def _map_connect_error(exc: BaseException) -> DeviceSdkError:
@@ -225,6 +279,7 @@ class NativeTransport:
         "_qos0",
         "_queue",
         "_rbuf",
+        "_shared",
         "_sock",
         "_unsent",
         "_version",
@@ -247,7 +302,8 @@ class NativeTransport:
         self._logger = logger or logging.getLogger(__name__)
         self._client_id = self._options.client_id or identity.client_id
         self._version = 5 if self._options.mqtt_version == 5 else 4  # noqa: PLR2004
-        self._ctx: ssl.SSLContext | None = None
+        self._ctx: ssl.SSLContext | None = None  # PEM identities: a context of their own
+        self._shared: _SharedContext | None = None  # file identities: shared trust context
         self._lock = asyncio.Lock()
         self._connected = asyncio.Event()
         self._down: asyncio.Future[DeviceSdkError | None] | None = None
@@ -317,11 +373,16 @@ class NativeTransport:
         self._closing = False
         try:
             async with asyncio.timeout(self._options.connect_timeout_s):
-                if self._ctx is None:
+                if isinstance(self._identity.credentials, FileCredentials):
+                    if self._shared is None:
+                        self._shared = await asyncio.to_thread(
+                            _shared_context, self._identity, self._endpoint
+                        )
+                elif self._ctx is None:
                     self._ctx = await asyncio.to_thread(
                         _build_context, self._identity, self._endpoint
                     )
-                sock = await self._open(loop, self._ctx)
+                sock = await self._open(loop)
                 connack = await self._mqtt_connect(loop, sock)
         except NotImplementedError as exc:
             self._abort_connect()
@@ -340,7 +401,7 @@ class NativeTransport:
             raise
         self._connected_with(loop, connack)
 
-    async def _open(self, loop: asyncio.AbstractEventLoop, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> ssl.SSLSocket:
         host, port = self._endpoint.host, self._endpoint.port
         try:
             ip = ipaddress.ip_address(host)
@@ -368,11 +429,28 @@ class NativeTransport:
             break
         else:
             raise last or ConnectError(f"cannot connect to {host}:{port}")
+        owned = True  # False once a worker thread owns ``raw`` (abandoned wrap)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+            if self._shared is not None:
+                wrapping = loop.run_in_executor(None, self._shared.wrap, self._identity, raw, host)
+                try:
+                    sock = await asyncio.shield(wrapping)
+                except asyncio.CancelledError:
+                    if not wrapping.done():
+                        owned = False
+                        wrapping.add_done_callback(lambda f: _close_late(f, raw))
+                    elif not wrapping.cancelled() and wrapping.exception() is None:
+                        wrapping.result().close()
+                    raise
+            else:
+                assert self._ctx is not None  # noqa: S101 - set by _connect
+                sock = self._ctx.wrap_socket(
+                    raw, server_hostname=host, do_handshake_on_connect=False
+                )
         except BaseException:
-            raw.close()
+            if owned:
+                raw.close()
             raise
         self._sock = sock
         fd = sock.fileno()

@@ -20,7 +20,15 @@ from device_sdk._identity import FileCredentials, PemCredentials, Pkcs11Credenti
 if TYPE_CHECKING:
     from device_sdk._identity import DeviceIdentity, Endpoint
 
-__all__ = ["ALPN_MQTT_CA", "TrackingSSLContext", "build_ssl_context", "ssl_context"]
+__all__ = [
+    "ALPN_MQTT_CA",
+    "TrackingSSLContext",
+    "build_ssl_context",
+    "configure_client_context",
+    "configure_trust",
+    "load_client_chain",
+    "ssl_context",
+]
 
 ALPN_MQTT_CA = "x-amzn-mqtt-ca"
 
@@ -75,6 +83,19 @@ def configure_client_context(
         AuthorizationError: The certificate, key or CA cannot be loaded (retrying won't help).
         TypeError: The identity's key lives in PKCS#11, which needs the CRT transport.
     """
+    configure_trust(ctx, identity, endpoint)
+    load_client_chain(ctx, identity)
+
+
+def configure_trust(ctx: ssl.SSLContext, identity: DeviceIdentity, endpoint: Endpoint) -> None:
+    """Load the CA, TLS versions and ALPN (everything but the client certificate).
+
+    Blocking: call it from a worker thread.
+
+    Raises:
+        AuthorizationError: The CA cannot be loaded (retrying won't help).
+        TypeError: The identity's key lives in PKCS#11, which needs the CRT transport.
+    """
     creds = identity.credentials
     if isinstance(creds, Pkcs11Credentials):
         raise TypeError(
@@ -100,6 +121,26 @@ def configure_client_context(
         # AuthorizationError). Under TLS 1.3 the refusal arrives after the client considers the
         # handshake done, and aiomqtt 2.x then only reports a CONNACK timeout.
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        msg = f"cannot load the CA of {identity.thing_name!r}: {exc}"
+        raise AuthorizationError(msg) from exc
+    if endpoint.alpn:
+        ctx.set_alpn_protocols([ALPN_MQTT_CA])
+
+
+def load_client_chain(ctx: ssl.SSLContext, identity: DeviceIdentity) -> None:
+    """Load the client certificate and key of ``identity`` into ``ctx`` (blocking).
+
+    Raises:
+        AuthorizationError: The certificate or key cannot be loaded (retrying won't help).
+        TypeError: The identity's key lives in PKCS#11, which needs the CRT transport.
+    """
+    creds = identity.credentials
+    if isinstance(creds, Pkcs11Credentials):
+        raise TypeError(
+            "PKCS#11 identities need the 'crt' transport (awscrt); paho and native cannot use them"
+        )
+    try:
         if isinstance(creds, FileCredentials):
             ctx.load_cert_chain(str(creds.cert_file), str(creds.key_file))
         else:
@@ -107,8 +148,6 @@ def configure_client_context(
     except (OSError, ssl.SSLError, ValueError) as exc:
         msg = f"cannot load TLS credentials of {identity.thing_name!r}: {exc}"
         raise AuthorizationError(msg) from exc
-    if endpoint.alpn:
-        ctx.set_alpn_protocols([ALPN_MQTT_CA])
 
 
 def _load_pem_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:

@@ -508,17 +508,82 @@ async def test_unknown_server_ca_and_silent_server_fail_fast(
         silent.close()
 
 
-async def test_shared_ssl_context_per_identity(broker: MosquittoBroker):
+async def test_identities_share_one_ssl_context(broker: MosquittoBroker):
     clear_context_cache()
-    identity = broker.make_identity("dev-ctx")
-    a = create_transport(identity, broker.endpoint, "native", OPTS)
-    b = create_transport(identity, broker.endpoint, "native", OPTS)
+    a = create_transport(broker.make_identity("dev-ctx-a"), broker.endpoint, "native", OPTS)
+    b = create_transport(broker.make_identity("dev-ctx-b"), broker.endpoint, "native", OPTS)
     async with a, b:
         pass
     assert isinstance(a, NativeTransport)
     assert isinstance(b, NativeTransport)
-    assert a._ctx is not None
-    assert a._ctx is b._ctx
+    assert a._shared is not None
+    assert a._shared is b._shared
+
+
+def _write_identity(tmp_path: Path, pki: LocalPki, name: str) -> DeviceIdentity:
+    issued = pki.device(name)
+    cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert.write_bytes(issued.cert_pem)
+    key.write_bytes(issued.key_pem)
+    return DeviceIdentity.from_files(cert, key)
+
+
+def test_shared_context_gives_each_socket_its_own_identity(tmp_path: Path):
+    """Chains loaded one after the other into the shared context: each socket keeps its own.
+
+    A TLS server that requires client certificates reports the certificate each connection
+    presented; the sockets are wrapped first (a then b) and only then handshake.
+    """
+    from device_sdk.transport._native import _shared_context  # noqa: PLC0415
+
+    clear_context_cache()
+    pki = LocalPki()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.cert_pem)
+    server_issued = pki.server()
+    (tmp_path / "srv.pem").write_bytes(server_issued.cert_pem)
+    (tmp_path / "srv.key").write_bytes(server_issued.key_pem)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "srv.pem", tmp_path / "srv.key")
+    server_ctx.load_verify_locations(ca)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    endpoint = Endpoint("127.0.0.1", port, ca)
+    names = ["dev-one", "dev-two", "dev-three"]
+    identities = [_write_identity(tmp_path, pki, n) for n in names]
+    shared = _shared_context(identities[0], endpoint)
+    assert all(_shared_context(i, endpoint) is shared for i in identities)
+    wrapped = []
+    for identity in identities:
+        raw = socket.create_connection(("127.0.0.1", port))
+        wrapped.append(shared.wrap(identity, raw, "127.0.0.1"))
+    seen: list[str] = []
+    try:
+        for sock in wrapped:
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False) as s:
+                sock.setblocking(False)
+                s.setblocking(False)
+                for _ in range(200):  # drive both ends of the handshake in one thread
+                    done = 0
+                    for end in (sock, s):
+                        try:
+                            end.do_handshake()
+                            done += 1
+                        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                            pass
+                    if done == 2:
+                        break
+                    time.sleep(0.001)
+                peer = s.getpeercert()
+                subject = dict(x[0] for x in peer["subject"])
+                seen.append(subject["commonName"])
+    finally:
+        for sock in wrapped:
+            sock.close()
+        listener.close()
+    assert seen == names
 
 
 def test_ssl_context_load_failure_is_authorization_error(tmp_path: Path):
@@ -526,11 +591,12 @@ def test_ssl_context_load_failure_is_authorization_error(tmp_path: Path):
     issued = LocalPki().device("broken")
     cert.write_bytes(issued.cert_pem)
     key.write_bytes(b"not a key")
-    from device_sdk.transport._native import _build_context  # noqa: PLC0415
+    from device_sdk.transport._native import _shared_context  # noqa: PLC0415
 
     identity = DeviceIdentity.from_files(cert, key)
-    with pytest.raises(AuthorizationError, match="cannot load"):
-        _build_context(identity, Endpoint("127.0.0.1", 1))
+    shared = _shared_context(identity, Endpoint("127.0.0.1", 1))
+    with socket.socket() as raw, pytest.raises(AuthorizationError, match="cannot load"):
+        shared.wrap(identity, raw, "127.0.0.1")
     with pytest.raises(ssl.SSLError):
         ssl.create_default_context().load_cert_chain(str(cert), str(key))
 
