@@ -7,6 +7,8 @@ values handed to the transport, which builds its TLS context from them.
 from __future__ import annotations
 
 import dataclasses
+import ssl
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -69,9 +71,32 @@ class Pkcs11Credentials:
 Credentials = FileCredentials | PemCredentials | Pkcs11Credentials
 
 
-def _common_name(cert_pem: bytes) -> str:
-    # Imported here: cryptography.x509 costs ~10 MB of RSS that a daemon knowing its thing
-    # name never needs (edge_agent's idle footprint).
+def _common_name(cert_pem: bytes, path: Path | None = None) -> str:
+    """The subject CN of a PEM certificate (the default thing name).
+
+    Read with the ``ssl`` module's certificate decoder when it is available (CPython's
+    ``_ssl._test_decode_cert``, present since Python 3.4), because importing
+    ``cryptography.x509`` costs ~10 MB of RSS that a daemon never needs otherwise
+    (edge_agent's idle footprint); ``cryptography`` is the fallback.
+    """
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]  # noqa: SLF001
+    if decode is not None:
+        try:
+            if path is not None:
+                decoded = decode(str(path))
+            else:
+                with tempfile.TemporaryDirectory(prefix="device_sdk-") as tmp:
+                    file = Path(tmp) / "cert.pem"
+                    file.write_bytes(cert_pem)
+                    decoded = decode(str(file))
+        except (OSError, ssl.SSLError):
+            decoded = None  # not PEM the ssl module can read: let cryptography explain
+        if isinstance(decoded, dict):
+            for rdn in decoded.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return str(value)
+            raise ValueError("the certificate has no subject CN; pass thing_name= explicitly")
     from cryptography import x509  # noqa: PLC0415
     from cryptography.x509.oid import NameOID  # noqa: PLC0415
 
@@ -124,7 +149,7 @@ class DeviceIdentity:
         Reads the certificate once (to find its CN), so call it at start-up, not on a hot path.
         """
         cert_path = Path(cert)
-        name = thing_name or _common_name(cert_path.read_bytes())
+        name = thing_name or _common_name(cert_path.read_bytes(), cert_path)
         creds = FileCredentials(cert_path, Path(key), Path(ca) if ca is not None else None)
         return cls(creds, name, client_id or name)
 
@@ -163,7 +188,7 @@ class DeviceIdentity:
         The arguments are passed through to ``awscrt``'s PKCS#11 TLS support unchanged.
         """
         cert_path = Path(cert_file)
-        name = thing_name or _common_name(cert_path.read_bytes())
+        name = thing_name or _common_name(cert_path.read_bytes(), cert_path)
         creds = Pkcs11Credentials(Path(lib), slot, pin, token_label, key_label, cert_path)
         return cls(creds, name, client_id or name)
 
