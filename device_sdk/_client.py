@@ -26,7 +26,7 @@ import asyncio
 import enum
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 
 from device_sdk._backoff import ReconnectPolicy
 from device_sdk._clock import Clock, SystemClock
@@ -44,6 +44,7 @@ from device_sdk._outbox import Outbox, OutboxConfig, OutboxStatistics, new_msg_i
 from device_sdk._subscription import Subscription, topic_matches
 from device_sdk.transport._base import (
     ConnectionOptions,
+    CorkableTransport,
     Message,
     PipelinedTransport,
     QoS,
@@ -694,6 +695,41 @@ class DeviceClient:
             await self.outbox.wait_acked(record.id)
         return record.msg_id
 
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Payload,
+        *,
+        user_properties: UserProperties = (),
+        msg_id_field: str | None = None,
+    ) -> str:
+        """Queue a QoS 1 message through the durable outbox without waiting; return its msg-id.
+
+        For producers that must never block on storage (high-rate sensor loops, simulators):
+        the message is committed to the outbox in the background, together with the other
+        messages queued in the same event-loop iteration, before it can be sent, and then
+        delivered at least once, in order, like :meth:`publish`. Await
+        :meth:`Outbox.flush <device_sdk.Outbox.flush>` (``client.outbox.flush()``) to know
+        that everything queued so far is on disk. If that commit fails, the message is
+        dropped, logged and counted in the outbox's ``failed`` statistic. Call it on the
+        event-loop thread.
+
+        Raises:
+            LimitExceededError: Topic or payload breaks an IoT Core limit; nothing is stored.
+            OutboxFullError: The outbox is full (policy ``"reject"``).
+            ClosedError: The client is not open.
+        """
+        self._raise_if_unusable()
+        msg_id = new_msg_id()
+        data = encode_payload(payload, msg_id=msg_id, field=msg_id_field)
+        self._limits.validate_publish_topic(topic)
+        self._limits.validate_payload(data)
+        record = self.outbox.enqueue_nowait(
+            topic, data, user_properties=user_properties, msg_id=msg_id
+        )
+        self._counters["published"] += 1
+        return record.msg_id
+
     async def _publish_qos0(
         self, topic: str, data: bytes, *, retain: bool, user_properties: UserProperties
     ) -> None:
@@ -814,6 +850,7 @@ class _PipelinedSender:
         "_bucket",
         "_busy",
         "_client",
+        "_cork",
         "_counters",
         "_inflight",
         "_link_lost",
@@ -846,6 +883,13 @@ class _PipelinedSender:
         self._active = False
         self._link_lost = False
         self._on_done_cb = self._on_done
+        # Write each batch with one system call (transports that support it).
+        self._cork: CorkableTransport | None = (
+            cast("CorkableTransport", transport)
+            if callable(getattr(transport, "cork", None))
+            and callable(getattr(transport, "uncork", None))
+            else None
+        )
 
     def start(self) -> None:
         """Start sending: register with the outbox and send what is ready."""
@@ -901,18 +945,25 @@ class _PipelinedSender:
                 return
             started = clock_now()
             sent = self._loop.time()
-            for record in outbox.take_batch(granted):
-                try:
-                    fut = start_publish(
-                        record.topic, record.payload, 1, user_properties=record.user_properties
-                    )
-                except (ConnectionLostError, ClosedError):
-                    # The link is gone: what was taken stays in flight in the outbox and is
-                    # requeued in order when the connection ends (then cancel() runs).
-                    self._link_lost = True
-                    return
-                inflight[fut] = (record, started, sent)
-                fut.add_done_callback(on_done)
+            cork = self._cork
+            if cork is not None:
+                cork.cork()
+            try:
+                for record in outbox.take_batch(granted):
+                    try:
+                        fut = start_publish(
+                            record.topic, record.payload, 1, user_properties=record.user_properties
+                        )
+                    except (ConnectionLostError, ClosedError):
+                        # The link is gone: what was taken stays in flight in the outbox and
+                        # is requeued in order when the connection ends (then cancel() runs).
+                        self._link_lost = True
+                        return
+                    inflight[fut] = (record, started, sent)
+                    fut.add_done_callback(on_done)
+            finally:
+                if cork is not None:
+                    cork.uncork()
             if self._timer is None and inflight:
                 self._timer = self._loop.call_at(sent + self._timeout, self._expire)
             if granted < wanted:

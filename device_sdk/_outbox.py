@@ -81,10 +81,10 @@ def _retrieve(fut: asyncio.Future[None]) -> None:
         fut.exception()
 
 
-def _new_waiter() -> asyncio.Future[None]:
+def _new_waiter(loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
     # An ack waiter may fail (nack, drop, close) after its publisher stopped caring: mark the
     # exception retrieved so asyncio does not log "exception was never retrieved".
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut: asyncio.Future[None] = loop.create_future()
     fut.add_done_callback(_retrieve)
     return fut
 
@@ -164,7 +164,8 @@ class OutboxStatistics:
         enqueued: Messages accepted since open.
         sent: Send attempts (including replays).
         acked: Messages deleted after a PUBACK.
-        failed: Messages deleted after a negative PUBACK.
+        failed: Messages deleted after a negative PUBACK, or queued with ``enqueue_nowait``
+            and lost because their insert failed.
         dropped: Messages deleted by the ``drop_oldest`` policy.
         replayed: Sends of messages that had been sent before or were recovered from disk.
         recovered: Messages found on disk when the outbox was opened.
@@ -215,7 +216,7 @@ class Outbox:
         self._ack_waiters: dict[int, asyncio.Future[None]] = {}
         self._available = asyncio.Event()
         self._listener: Callable[[], None] | None = None
-        self._pending_inserts: list[tuple[OutboxRecord, asyncio.Future[None]]] = []
+        self._pending_inserts: list[tuple[OutboxRecord, asyncio.Future[None] | None]] = []
         self._pending_deletes: list[int] = []
         self._flush_handle: asyncio.Handle | None = None
         self._jobs_outstanding = 0
@@ -326,6 +327,43 @@ class Outbox:
             OutboxStorageError: SQLite failed; nothing was stored.
             ClosedError: The outbox is closed.
         """
+        loop = self._db.loop
+        fut: asyncio.Future[None] = loop.create_future()
+        record = self._add(topic, payload, user_properties, msg_id, track_ack, fut)
+        await fut
+        return record
+
+    def enqueue_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        user_properties: UserProperties = (),
+        msg_id: str | None = None,
+    ) -> OutboxRecord:
+        """Queue a message for persistence and delivery without waiting (event-loop thread).
+
+        The insert is committed in the background with the other inserts of this loop
+        iteration, before the message can be sent; :meth:`flush` waits for it. If the commit
+        fails (disk full, I/O error), the message is dropped, counted as ``failed`` and the
+        error logged.
+
+        Raises:
+            OutboxFullError: The outbox is full and the policy is ``"reject"``, or the payload
+                alone exceeds ``max_bytes``.
+            ClosedError: The outbox is closed.
+        """
+        return self._add(topic, payload, user_properties, msg_id, False, None)  # noqa: FBT003
+
+    def _add(
+        self,
+        topic: str,
+        payload: bytes,
+        user_properties: UserProperties,
+        msg_id: str | None,
+        track_ack: bool,
+        fut: asyncio.Future[None] | None,
+    ) -> OutboxRecord:
         self._check_open()
         size = len(payload)
         if size > self.config.max_bytes:
@@ -346,13 +384,12 @@ class Outbox:
         self._uncommitted[record.id] = record
         self._empty.clear()
         if track_ack:
-            self._ack_waiters[record.id] = _new_waiter()
+            self._ack_waiters[record.id] = _new_waiter(self._db.loop)
         self._size += size
         self._counts["enqueued"] += 1
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending_inserts.append((record, fut))
-        self._schedule_flush()
-        await fut
+        if self._flush_handle is None:
+            self._flush_handle = self._db.loop.call_soon(self._flush)
         return record
 
     def _make_room(self, count: int, size: int) -> None:
@@ -414,7 +451,7 @@ class Outbox:
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._db.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -446,7 +483,7 @@ class Outbox:
 
     def _committed(
         self,
-        inserts: list[tuple[OutboxRecord, asyncio.Future[None]]],
+        inserts: list[tuple[OutboxRecord, asyncio.Future[None] | None]],
         deletes: list[int],
         error: BaseException | None,
     ) -> None:
@@ -462,7 +499,9 @@ class Outbox:
                 waiter = self._ack_waiters.pop(record.id, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(error)
-                if not fut.done():
+                if fut is None:
+                    self._counts["failed"] += 1
+                elif not fut.done():
                     fut.set_exception(error)
             if deletes:
                 _LOG.warning(
@@ -475,7 +514,7 @@ class Outbox:
             if self._uncommitted.pop(record.id, None) is not None:
                 self._unsent.append(record)
                 self._available.set()
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_result(None)
         if self._listener is not None and self._unsent:
             self._listener()
@@ -629,7 +668,7 @@ class Outbox:
         """A future resolved by the record's PUBACK (or failed by a nack, drop or close)."""
         fut = self._ack_waiters.get(record_id)
         if fut is None:
-            fut = _new_waiter()
+            fut = _new_waiter(self._db.loop)
             if self._is_pending(record_id):
                 self._ack_waiters[record_id] = fut
             else:

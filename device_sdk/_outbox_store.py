@@ -276,6 +276,9 @@ class OutboxDatabase:
     def __init__(self, writer: _Writer, path: str) -> None:
         self._writer = writer
         self._path = path
+        # The loop that opened the database: callbacks run there. Cached because
+        # asyncio.get_running_loop() costs a getpid() system call per call on Python 3.11.
+        self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(writer.first_id)
         self._devices: set[str] = set()
         self._closed = False
@@ -320,6 +323,11 @@ class OutboxDatabase:
         return cls(writer, target)
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the database was opened on (its callbacks run there)."""
+        return self._loop
+
+    @property
     def path(self) -> str:
         """The database file (``":memory:"`` when not durable)."""
         return self._path
@@ -343,7 +351,7 @@ class OutboxDatabase:
         """
         if self._closed:
             raise ClosedError("outbox database is closed")
-        loop = asyncio.get_running_loop() if callback is not None else None
+        loop = self._loop if callback is not None else None
         self._writer.submit(_Job(loop, callback, rows or [], deletes or [], fn))
 
     def delete_lazily(self, record_id: int) -> None:
@@ -356,9 +364,7 @@ class OutboxDatabase:
         """
         self._lazy_deletes.append((record_id,))
         if self._lazy_handle is None:
-            self._lazy_handle = asyncio.get_running_loop().call_later(
-                _ACK_FLUSH_S, self._flush_deletes
-            )
+            self._lazy_handle = self._loop.call_later(_ACK_FLUSH_S, self._flush_deletes)
 
     def _flush_deletes(self) -> asyncio.Future[None] | None:
         """Submit the queued lazy deletes now; the future resolves once they are committed."""
@@ -368,7 +374,7 @@ class OutboxDatabase:
         gone, self._lazy_deletes = self._lazy_deletes, []
         if not gone or self._closed:
             return None
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = self._loop.create_future()
 
         def done(_result: object, error: BaseException | None) -> None:
             if error is not None:

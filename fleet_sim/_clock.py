@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
+from collections.abc import Callable
 
 __all__ = ["Scheduler", "SimClock"]
+
+_log = logging.getLogger(__name__)
 
 
 class SimClock:
@@ -66,7 +70,7 @@ class Scheduler:
             raise ValueError("tick_s must be positive")
         self.clock = clock
         self.tick_s = tick_s
-        self._heap: list[tuple[float, int, asyncio.Future[bool]]] = []
+        self._heap: list[tuple[float, int, asyncio.Future[bool] | Callable[[], None]]] = []
         self._order = itertools.count()
         self._stopped = False
         self._work = asyncio.Event()
@@ -90,6 +94,17 @@ class Scheduler:
         self._work.set()
         return fut
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` at simulated time ``when`` (never, once stopped).
+
+        For work that needs no task: the callback runs inside the scheduler's tick, with
+        everything else due then, and may schedule itself again. Exceptions are logged.
+        """
+        if self._stopped:
+            return
+        heapq.heappush(self._heap, (when, next(self._order), callback))
+        self._work.set()
+
     def sleep(self, sim_seconds: float) -> asyncio.Future[bool]:
         """Like :meth:`wait_until`, ``sim_seconds`` from now."""
         return self.wait_until(self.clock.now() + sim_seconds)
@@ -99,12 +114,23 @@ class Scheduler:
         heap = self._heap
         now = self.clock.now()
         woken = 0
+        due: list[Callable[[], None]] = []
         while heap and heap[0][0] <= now:
-            fut = heapq.heappop(heap)[2]
-            if not fut.done():
-                fut.set_result(True)
-                woken += 1
-        return woken
+            target = heapq.heappop(heap)[2]
+            if isinstance(target, asyncio.Future):
+                if not target.done():
+                    target.set_result(True)
+                    woken += 1
+            else:
+                due.append(target)
+        # Callbacks run after the heap walk: one that reschedules itself for "now" (a device
+        # that fell behind) runs at the next tick, not again in this loop.
+        for callback in due:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - one device's bug must not stop the others
+                _log.exception("scheduled callback %r failed", callback)
+        return woken + len(due)
 
     async def run(self) -> None:
         """Tick until stopped."""
@@ -120,7 +146,7 @@ class Scheduler:
         """Answer every current and future wait with ``False``."""
         self._stopped = True
         self._work.set()
-        for _, _, fut in self._heap:
-            if not fut.done():
-                fut.set_result(False)
+        for _, _, target in self._heap:
+            if isinstance(target, asyncio.Future) and not target.done():
+                target.set_result(False)
         self._heap.clear()

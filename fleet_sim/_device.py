@@ -258,6 +258,13 @@ class VirtualDevice:
         return True
 
     async def _tick_loop(self, env: DeviceEnv) -> None:
+        if self.group.telemetry.qos:
+            await _Ticker(self, env).run()
+            return
+        await self._awaited_tick_loop(env)
+
+    async def _awaited_tick_loop(self, env: DeviceEnv) -> None:
+        """The tick loop for QoS 0 telemetry (sent at once, so awaited)."""
         model, clock, sched, rng = self.model, env.clock, env.scheduler, self._rng
         spec = self.group
         topic = spec.telemetry.topic.format(thing=self.name, group=spec.name)
@@ -302,3 +309,150 @@ class VirtualDevice:
             interval = model.telemetry_interval_s
             next_t += interval * (1.0 + rng.uniform(-jitter, jitter)) if jitter else interval
             next_t = max(next_t, now)  # fell behind (overloaded): skip, do not burst
+
+
+class _Ticker:
+    """The tick loop of a QoS 1 device, without a task: the scheduler calls :meth:`tick`.
+
+    Each tick advances the model and queues its events and telemetry with
+    :meth:`DeviceClient.publish_nowait <device_sdk.DeviceClient.publish_nowait>` (the outbox
+    commits them in the background, together with every other device's messages of the
+    same tick, before sending), then schedules the next tick. So a message costs no task
+    switch. Shadow reports still need an answer: they run as a task, one at a time.
+    :meth:`run` waits until the scheduler stops or the client closes.
+    """
+
+    __slots__ = (
+        "_device",
+        "_env",
+        "_error",
+        "_events_topic",
+        "_last_report",
+        "_last_reported",
+        "_next_t",
+        "_report_task",
+        "_stop",
+        "_topic",
+    )
+
+    def __init__(self, device: VirtualDevice, env: DeviceEnv) -> None:
+        self._device = device
+        self._env = env
+        spec = device.group
+        self._topic = spec.telemetry.topic.format(thing=device.name, group=spec.name)
+        self._events_topic = f"dt/{device.name}/events" if spec.telemetry.events else None
+        self._last_report = -math.inf
+        self._last_reported: dict[str, Any] | None = None
+        self._next_t = 0.0
+        self._report_task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        # Resolved with False when the scheduler stops (or by _halt).
+        self._stop = env.scheduler.wait_until(math.inf)
+
+    async def run(self) -> None:
+        device, env = self._device, self._env
+        self._next_t = env.clock.now() + device._rng.uniform(  # noqa: SLF001 - companion
+            0.0, device.model.telemetry_interval_s
+        )
+        env.scheduler.call_at(self._next_t, self.tick)
+        try:
+            await self._stop
+        finally:
+            if not self._stop.done():  # cancelled: stop ticking
+                self._stop.set_result(False)
+            task = self._report_task
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
+
+    def _halt(self, error: BaseException | None = None) -> None:
+        self._error = error
+        if not self._stop.done():
+            self._stop.set_result(False)
+
+    def _publish(self, topic: str, data: bytes) -> bool:
+        device, env = self._device, self._env
+        try:
+            device.client.publish_nowait(topic, data)
+        except ClosedError as exc:
+            self._halt(exc)
+            return False
+        except DeviceSdkError as exc:
+            env.metrics.error(f"publish:{error_kind(exc)}")
+            return True
+        device.seq += 1
+        env.metrics.counters["sent"] += 1
+        return True
+
+    def tick(self) -> None:
+        """One tick (called by the scheduler)."""
+        if self._stop.done():
+            return
+        device, env = self._device, self._env
+        model, clock = device.model, env.clock
+        counters = env.metrics.counters
+        now = clock.now()
+        events = model.advance(clock.wall())
+        ts = int(time.time() * 1000)
+        if events:
+            counters["events"] += len(events)
+            events_topic = self._events_topic
+            if events_topic is not None:
+                for event in events:
+                    data = encode_event(
+                        device.name, event.name, event.data, device.seq + 1, ts, env.run_id
+                    )
+                    if not self._publish(events_topic, data):
+                        return
+        fields = model.telemetry()
+        if fields is not None:
+            if not self._publish(self._topic, device.payload.encode(fields, device.seq + 1, ts)):
+                return
+        else:
+            counters["skipped_ticks"] += 1
+        if device.shadow is not None and self._report_task is None:
+            self._maybe_report(now)
+        interval = model.telemetry_interval_s
+        jitter = device.group.telemetry.jitter
+        rng = device._rng  # noqa: SLF001 - companion class
+        next_t = self._next_t
+        next_t += interval * (1.0 + rng.uniform(-jitter, jitter)) if jitter else interval
+        self._next_t = next_t = max(next_t, now)  # fell behind (overloaded): skip, do not burst
+        env.scheduler.call_at(next_t, self.tick)
+
+    def _maybe_report(self, now: float) -> None:
+        device = self._device
+        spec = device.group.shadow
+        due = now - self._last_report >= spec.interval
+        if spec.report == "periodic":
+            if due:
+                self._start_report(device.reported_state())
+                self._last_report = now
+        elif due or device._force_report:  # noqa: SLF001 - companion class
+            reported = device.reported_state()
+            if reported != self._last_reported:
+                self._start_report(reported)
+                self._last_reported = reported
+                self._last_report = now
+            device._force_report = False  # noqa: SLF001
+
+    def _start_report(self, reported: dict[str, Any]) -> None:
+        shadow = self._device.shadow
+        if shadow is None:
+            return
+        task = asyncio.get_running_loop().create_task(shadow.report(reported))
+        self._report_task = task
+        task.add_done_callback(self._reported)
+
+    def _reported(self, task: asyncio.Task[None]) -> None:
+        self._report_task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, ClosedError):
+            self._halt(exc)
+        elif isinstance(exc, DeviceSdkError):
+            self._env.metrics.error(f"shadow:{error_kind(exc)}")
+        elif exc is not None:
+            self._halt(exc)

@@ -163,12 +163,23 @@ class MeasuredTransport:
 class MeasuredPipelinedTransport(MeasuredTransport):
     """:class:`MeasuredTransport` for an inner transport with ``start_publish``."""
 
-    __slots__ = ("_pipelined",)
+    __slots__ = ("_corkable", "_pipelined")
 
     def __init__(self, inner: PipelinedTransport, metrics: RunMetrics) -> None:
         """Wrap ``inner``; results go to ``metrics``."""
         super().__init__(inner, metrics)
         self._pipelined = inner
+        self._corkable = inner if callable(getattr(inner, "cork", None)) else None
+
+    def cork(self) -> None:
+        """Buffer the inner transport's writes (when it can)."""
+        if self._corkable is not None:
+            self._corkable.cork()  # type: ignore[attr-defined]
+
+    def uncork(self) -> None:
+        """Write what the inner transport buffered."""
+        if self._corkable is not None:
+            self._corkable.uncork()  # type: ignore[attr-defined]
 
     def start_publish(
         self,

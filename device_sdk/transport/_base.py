@@ -256,6 +256,23 @@ class PipelinedTransport(Transport, Protocol):
         ...
 
 
+class CorkableTransport(Protocol):
+    """A transport that can hold its writes while a batch is queued (internal, optional).
+
+    Between :meth:`cork` and :meth:`uncork`, packets queued with ``start_publish`` are only
+    buffered; :meth:`uncork` writes them at once with one system call. Without it, the
+    native transport writes at the end of the event-loop iteration (one more callback).
+    """
+
+    def cork(self) -> None:
+        """Buffer writes until :meth:`uncork`."""
+        ...
+
+    def uncork(self) -> None:
+        """Write what was buffered, now."""
+        ...
+
+
 class MessageBuffer:
     """Bounded FIFO of inbound messages with one async consumer.
 

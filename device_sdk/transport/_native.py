@@ -253,6 +253,7 @@ class NativeTransport:
         "_connect_failures",
         "_connected",
         "_connects",
+        "_corked",
         "_ctx",
         "_disconnects",
         "_down",
@@ -317,6 +318,7 @@ class NativeTransport:
         self._out: list[bytes] = []
         self._unsent = b""
         self._writing = False
+        self._corked = False
         self._flush_handle: asyncio.Handle | None = None
         self._qos0: list[asyncio.Future[None]] = []
         self._inflight: dict[int, tuple[asyncio.Future[None], str]] = {}
@@ -654,10 +656,20 @@ class NativeTransport:
     def _send(self, data: bytes) -> None:
         """Queue ``data``; everything queued in one loop iteration goes out in one write."""
         self._out.append(data)
-        if self._flush_handle is None and not self._writing:
+        if self._flush_handle is None and not self._writing and not self._corked:
             loop = self._loop
             if loop is not None:
                 self._flush_handle = loop.call_soon(self._flush)
+
+    def cork(self) -> None:
+        """Buffer packets queued from now on until :meth:`uncork` (event-loop thread)."""
+        self._corked = True
+
+    def uncork(self) -> None:
+        """Write the packets buffered since :meth:`cork` with one system call, now."""
+        self._corked = False
+        if self._out and not self._writing:
+            self._flush()
 
     def _send_now(self, data: bytes) -> None:
         self._out.append(data)

@@ -223,6 +223,31 @@ async def test_shared_database_isolates_devices_and_groups_commits(tmp_path: Pat
     assert {r[1] for r in _rows(path)} == {f"sim-{i}" for i in range(devices)}
 
 
+async def test_enqueue_nowait_commits_in_the_background(tmp_path: Path):
+    path = tmp_path / "o.db"
+    async with await _open(path) as box:
+        records = [box.enqueue_nowait(f"t/{i}", b"x") for i in range(10)]
+        assert box.ready == 0  # not sendable before its insert is committed
+        assert box.depth == 10
+        await box.flush()
+        assert box.ready == 10
+        assert [r[0] for r in _rows(path)] == [r.id for r in records]
+        assert [box.take_nowait() for _ in range(10)] == records
+
+
+async def test_enqueue_nowait_commit_failure_drops_and_counts(tmp_path: Path):
+    path = tmp_path / "o.db"
+    async with await _open(path) as box:
+        await box.enqueue("t/first", b"1")
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TABLE outbox")  # every later insert fails
+        box.enqueue_nowait("t/lost", b"2")
+        await box.flush()
+        stats = box.statistics()
+        assert (stats.enqueued, stats.failed, stats.depth) == (1, 1, 1)
+        assert box.ready == 1  # the committed one is still there, the lost one is not
+
+
 async def test_in_memory_outbox():
     async with await Outbox.open(OutboxConfig(None), "mem") as box:
         rec = await box.enqueue("t", b"x")

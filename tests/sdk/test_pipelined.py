@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from device_sdk import (
+    ClosedError,
     ConnectionOptions,
     DeviceClient,
     DeviceIdentity,
     Endpoint,
+    LimitExceededError,
     Limits,
     NegativeAckError,
     OutboxConfig,
@@ -76,6 +78,21 @@ async def test_acks_delete_in_order_with_metrics():
         assert device.outbox_statistics().depth == 0
     assert _numbers(transport) == list(range(50))
     assert [msg_id for *_, msg_id in transport.sent] == ids
+
+
+async def test_publish_nowait_delivers_in_order():
+    transport = FakePipelinedTransport()
+    async with _client(transport) as device:
+        ids = [device.publish_nowait("t/a", str(i)) for i in range(50)]
+        with pytest.raises(LimitExceededError):
+            device.publish_nowait("t/+", "wildcard")
+        assert device.outbox.depth == 50  # the refused one was not stored
+        await device.drain()
+        assert device.metrics().counters["acked"] == 50
+    assert _numbers(transport) == list(range(50))
+    assert [msg_id for *_, msg_id in transport.sent] == ids
+    with pytest.raises(ClosedError):
+        device.publish_nowait("t/a", "after close")
 
 
 async def test_window_bounds_unacknowledged_publishes():

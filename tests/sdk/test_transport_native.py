@@ -343,6 +343,25 @@ async def test_pipelined_publishes_respect_max_inflight_and_keep_order(broker: M
         assert all(m.user_properties == (("i", m.payload.decode()),) for m in got)
 
 
+async def test_cork_holds_writes_until_uncork(broker: MosquittoBroker):
+    sub = _native(broker, "sub-cork")
+    pub = _native(broker, "pub-cork")
+    topic = _topic()
+    async with sub, pub:
+        await sub.subscribe([(topic, 1)])
+        pub.cork()
+        futures = [pub.start_publish(topic, str(i).encode(), 1) for i in range(3)]
+        await asyncio.sleep(0.05)  # iterations pass: nothing may be written while corked
+        assert len(pub._out) == 3
+        assert pub._flush_handle is None
+        assert not any(f.done() for f in futures)
+        pub.uncork()
+        assert pub._out == []  # written at once, not at the end of the iteration
+        await asyncio.wait_for(asyncio.gather(*futures), 5)
+        got = [await _next(sub) for _ in range(3)]
+        assert [m.payload for m in got] == [b"0", b"1", b"2"]
+
+
 async def test_qos0_future_resolves_and_cancelled_puback_is_ignored(broker: MosquittoBroker):
     t = _native(broker, "dev-cancel")
     topic = _topic()
