@@ -1,19 +1,22 @@
 """Pure-Python MQTT 5 / 3.1.1 transport over a raw non-blocking TLS socket (low memory).
 
-Choose it when memory or platform matters. An idle connection costs about 55 KB of RSS
-(measured with ``benchmarks/bench_transport_memory.py``): ~3 KB of Python objects, ~22 KB for
-the identity's ``SSLContext`` (OpenSSL 3 contexts are heavy; one per identity, shared between
-transports of the same identity) and ~25 KB of OpenSSL connection state. CPython sets
-``SSL_MODE_RELEASE_BUFFERS``, so an idle connection keeps no TLS record buffers. That compares
-with ~90 KB for awscrt, ~75 KB for paho, and the 256 KiB buffer asyncio's ``sslproto``
-allocates per connection. It needs no compiled dependency (32-bit Raspberry Pi OS, musl) and
-has the lowest CPU cost per message, which matters for many connections in one process (fleet
-simulation). It does not support PKCS#11 keys (use the CRT transport).
+Choose it when memory or platform matters. An idle connection costs about 37 KB of RSS
+(measured with ``benchmarks/bench_transport_memory.py``): a few KB of Python objects and
+~30 KB of OpenSSL connection state. Identities loaded from files share one ``SSLContext``
+per trust setting (see "shared TLS contexts" below; a context is ~22 KB, which was the
+largest part of a connection when each identity had its own). CPython sets
+``SSL_MODE_RELEASE_BUFFERS``, so an idle connection keeps no TLS record buffers. That
+compares with ~90 KB for awscrt, ~75 KB for paho, and the 256 KiB buffer asyncio's
+``sslproto`` allocates per connection. It needs no compiled dependency (32-bit Raspberry Pi
+OS, musl) and has the lowest CPU cost per message, which matters for many connections in
+one process (fleet simulation). It does not support PKCS#11 keys (use the CRT transport).
 
 How it works, all on the event-loop thread and without a task per connection:
 
 * TCP with ``loop.sock_connect``; TLS by ``SSLContext.wrap_socket(...,
-  do_handshake_on_connect=False)``, the handshake driven by ``add_reader``/``add_writer``.
+  do_handshake_on_connect=False)`` (in a worker thread, right after loading the device's
+  certificate and key into the shared context), the handshake driven by
+  ``add_reader``/``add_writer``.
 * Reads in a reader callback: ``recv`` until ``SSLWantReadError`` (which also drains the
   bytes OpenSSL already decrypted, ``SSLSocket.pending()``), then packets are cut with
   :func:`~device_sdk.transport._codec.split_packets` and dispatched.
