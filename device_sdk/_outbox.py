@@ -52,6 +52,7 @@ from device_sdk._outbox_store import (
     OutboxRecord,
     OutboxStorageError,
     Synchronous,
+    _Row,
 )
 from device_sdk.transport._base import UserProperties
 
@@ -218,7 +219,7 @@ class Outbox:
         self._listener: Callable[[], None] | None = None
         self._pending_inserts: list[tuple[OutboxRecord, asyncio.Future[None] | None]] = []
         self._pending_deletes: list[int] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_scheduled = False  # registered with the database's batched flush
         self._jobs_outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -388,8 +389,9 @@ class Outbox:
         self._size += size
         self._counts["enqueued"] += 1
         self._pending_inserts.append((record, fut))
-        if self._flush_handle is None:
-            self._flush_handle = self._db.loop.call_soon(self._flush)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._db._schedule_flush(self)  # noqa: SLF001 - companion class
         return record
 
     def _make_room(self, count: int, size: int) -> None:
@@ -450,15 +452,22 @@ class Outbox:
     # -- writing ------------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_handle is None:
-            self._flush_handle = self._db.loop.call_soon(self._flush)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._db._schedule_flush(self)  # noqa: SLF001 - companion class
 
-    def _flush(self) -> None:
-        self._flush_handle = None
+    def _take_pending(
+        self,
+    ) -> tuple[list[tuple[OutboxRecord, asyncio.Future[None] | None]], list[int], list[_Row]]:
+        """Hand the queued inserts and deletes to a write job (the caller submits it).
+
+        The caller must call :meth:`_committed` with the job's outcome.
+        """
+        self._flush_scheduled = False
         inserts, self._pending_inserts = self._pending_inserts, []
         deletes, self._pending_deletes = self._pending_deletes, []
         if not inserts and not deletes:
-            return
+            return inserts, deletes, []
         device_id = self.device_id
         rows = [
             (
@@ -472,14 +481,20 @@ class Outbox:
             )
             for r, _ in inserts
         ]
-        gone = [(i,) for i in deletes]
+        self._jobs_outstanding += 1
+        self._idle.clear()
+        return inserts, deletes, rows
+
+    def _flush(self) -> None:
+        """Submit this outbox's queued writes now, as a job of its own."""
+        inserts, deletes, rows = self._take_pending()
+        if not inserts and not deletes:
+            return
 
         def done(_result: object, error: BaseException | None) -> None:
             self._committed(inserts, deletes, error)
 
-        self._jobs_outstanding += 1
-        self._idle.clear()
-        self._db.submit(done, rows=rows, deletes=gone)
+        self._db.submit(done, rows=rows, deletes=[(i,) for i in deletes])
 
     def _committed(
         self,
@@ -521,8 +536,7 @@ class Outbox:
 
     async def flush(self) -> None:
         """Wait until every queued insert and delete (including lazy acks) is committed."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
+        if self._flush_scheduled:
             self._flush()
         await self._db.flush_deletes()
         await self._idle.wait()

@@ -286,6 +286,9 @@ class OutboxDatabase:
         # _ACK_FLUSH_S (lazy: a crash in between re-sends them, never loses an unacked one).
         self._lazy_deletes: list[tuple[int]] = []
         self._lazy_handle: asyncio.TimerHandle | None = None
+        # Outboxes with queued writes: flushed together, in one job, once per loop iteration.
+        self._dirty: list[Outbox] = []
+        self._dirty_handle: asyncio.Handle | None = None
 
     @classmethod
     async def open(
@@ -353,6 +356,39 @@ class OutboxDatabase:
             raise ClosedError("outbox database is closed")
         loop = self._loop if callback is not None else None
         self._writer.submit(_Job(loop, callback, rows or [], deletes or [], fn))
+
+    def _schedule_flush(self, outbox: Outbox) -> None:
+        """Internal: ``outbox`` has queued writes; flush it with the others at the loop's turn."""
+        self._dirty.append(outbox)
+        if self._dirty_handle is None:
+            self._dirty_handle = self._loop.call_soon(self._flush_dirty)
+
+    def _flush_dirty(self) -> None:
+        """Submit the queued writes of every dirty outbox as one job (one callback back)."""
+        self._dirty_handle = None
+        dirty, self._dirty = self._dirty, []
+        parts = []
+        rows: list[_Row] = []
+        gone: list[tuple[int]] = []
+        for box in dirty:
+            if not box._flush_scheduled:  # noqa: SLF001 - flushed on its own meanwhile
+                continue
+            inserts, deletes, box_rows = box._take_pending()  # noqa: SLF001
+            if inserts or deletes:
+                parts.append((box, inserts, deletes))
+                rows.extend(box_rows)
+                gone.extend((i,) for i in deletes)
+        if not parts:
+            return
+
+        def done(_result: object, error: BaseException | None) -> None:
+            for box, inserts, deletes in parts:
+                box._committed(inserts, deletes, error)  # noqa: SLF001
+
+        if self._closed:
+            done(None, ClosedError("outbox database is closed"))
+            return
+        self.submit(done, rows=rows, deletes=gone)
 
     def delete_lazily(self, record_id: int) -> None:
         """Queue the delete of an acknowledged row (call on the event loop).
@@ -458,6 +494,9 @@ class OutboxDatabase:
         """Finish queued writes and stop the writer thread."""
         if self._closed:
             return
+        if self._dirty_handle is not None:
+            self._dirty_handle.cancel()
+            self._flush_dirty()
         self._flush_deletes()
         self._closed = True
         self._writer.submit(None)

@@ -211,8 +211,11 @@ async def test_shared_database_isolates_devices_and_groups_commits(tmp_path: Pat
             await box.aclose()
         stats = db.statistics()
         assert stats.rows_inserted == devices * per_device
-        assert stats.transactions < stats.jobs  # group commit across devices
-        assert stats.max_batch_jobs > 1
+        # Group commit across devices: the inserts queued by all outboxes in one loop
+        # iteration travel in one job, and concurrent jobs share a transaction.
+        # (one job per outbox and iteration would be ~devices x per_device = 2,000 jobs)
+        assert stats.jobs <= 4 * per_device
+        assert stats.rows_inserted >= 10 * stats.transactions
         again = await db.outbox("sim-7")
         left = [again.take_nowait() for _ in range(per_device // 2)]
         assert [int.from_bytes(r.payload, "big") for r in left if r] == list(
