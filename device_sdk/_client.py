@@ -136,6 +136,10 @@ class DeviceClient:
             while ``publish`` fills the outbox.
         clock: Time source.
         logger: Logger (defaults to this module's).
+        metrics: Where the client records its counters and latency histograms. Give several
+            clients the same :class:`~device_sdk.ClientMetrics` to aggregate them without
+            reading each one (a gateway's devices, a simulated fleet); missing counters are
+            added. Default: the client's own. :meth:`metrics` returns a copy either way.
     """
 
     _pipelined = True
@@ -155,6 +159,7 @@ class DeviceClient:
         require_initial_connection: bool = True,
         clock: Clock | None = None,
         logger: logging.Logger | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         if inflight_window < 1:
             raise ValueError("inflight_window must be positive")
@@ -189,9 +194,15 @@ class DeviceClient:
         self._resubscribed = False
         self._subs: dict[str, list[Subscription]] = {}
         self._bucket = limits.new_publish_bucket(self._clock)
-        self._counters = dict.fromkeys(_COUNTERS, 0)
-        self._puback_latency = LatencyHistogram()
-        self._e2e_latency = LatencyHistogram()
+        if metrics is None:
+            metrics = ClientMetrics(
+                dict.fromkeys(_COUNTERS, 0), LatencyHistogram(), LatencyHistogram()
+            )
+        for key in _COUNTERS:
+            metrics.counters.setdefault(key, 0)
+        self._counters = metrics.counters
+        self._puback_latency = metrics.puback_latency
+        self._e2e_latency = metrics.end_to_end_latency
 
     # -- state --------------------------------------------------------------------------
 

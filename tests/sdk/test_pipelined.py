@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from device_sdk import (
+    ClientMetrics,
     ClosedError,
     ConnectionOptions,
     DeviceClient,
     DeviceIdentity,
     Endpoint,
+    LatencyHistogram,
     LimitExceededError,
     Limits,
     NegativeAckError,
@@ -93,6 +95,25 @@ async def test_publish_nowait_delivers_in_order():
     assert [msg_id for *_, msg_id in transport.sent] == ids
     with pytest.raises(ClosedError):
         device.publish_nowait("t/a", "after close")
+
+
+async def test_clients_can_share_one_metrics_object():
+    shared = ClientMetrics({}, LatencyHistogram(), LatencyHistogram())
+    one, two = FakePipelinedTransport(), FakePipelinedTransport()
+    async with _client(one, metrics=shared) as a, _client(two, metrics=shared) as b:
+        for i in range(10):
+            a.publish_nowait("t/a", str(i))
+            await b.publish("t/b", str(i))
+        await a.drain()
+        await b.drain()
+        assert shared.counters["acked"] == 20
+        assert shared.counters["published"] == 20
+        assert shared.puback_latency.count == 20
+        assert shared.end_to_end_latency.count == 20
+        copy = a.metrics()
+        assert copy.counters["acked"] == 20
+        assert copy.puback_latency is not shared.puback_latency
+    assert _client(FakePipelinedTransport()).metrics().counters["acked"] == 0
 
 
 async def test_window_bounds_unacknowledged_publishes():
