@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from device_sdk import LatencyHistogram
+from device_sdk._metrics import record_into
 from fleet_sim._proc import cpu_seconds, rss_bytes
 
 __all__ = ["HISTOGRAMS", "RunMetrics", "merge_snapshots", "series_histogram"]
@@ -99,8 +100,8 @@ class RunMetrics:
     def acked(self, seconds: float) -> None:
         """A QoS 1 publish was acknowledged ``seconds`` after it was handed to the transport."""
         self.counters["acked"] += 1
-        self.histograms["puback"].record(seconds)
-        self._interval_puback.record(seconds)
+        # Both histograms get the same observation: find its bucket once.
+        record_into(seconds, self.histograms["puback"], self._interval_puback)
 
     def error(self, kind: str) -> None:
         """Count an error of ``kind``."""

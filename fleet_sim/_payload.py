@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -23,8 +24,50 @@ from fleet_sim._scenario import PayloadSpec
 __all__ = ["RESERVED_FIELDS", "PayloadBuilder", "import_generator", "template_fields"]
 
 RESERVED_FIELDS = ("device_id", "seq", "ts", "run")
+_TRACKING = RESERVED_FIELDS[:3]  # without "run"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_encode = _ENCODER.encode
+
+
+def _object_encoder() -> Callable[[dict[str, Any]], str]:
+    """A function encoding a dict exactly as ``_encode`` does, minus the per-call setup.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call; that setup costs more than
+    encoding a small telemetry dict, so build it once (the same C code, the same bytes).
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython always has the C accelerator
+        return _encode
+    e = _ENCODER
+    try:  # the arguments JSONEncoder.iterencode passes (CPython 3.11 to 3.13)
+        c_encode = make(
+            None,  # markers: check_circular=False
+            e.default,
+            json.encoder.encode_basestring_ascii,  # ensure_ascii=True
+            e.indent,
+            e.key_separator,
+            e.item_separator,
+            e.sort_keys,
+            e.skipkeys,
+            e.allow_nan,
+        )
+    except TypeError:  # pragma: no cover - another json version: keep the plain path
+        return _encode
+    join = "".join
+
+    def encode_object(obj: dict[str, Any]) -> str:
+        return join(c_encode(obj, 0))
+
+    probe = {"a": 1.5, "b": [None, True, -0.0, math.nan, 10**20], "\u00e9": {"c": "\n\u2603"}}
+    try:
+        same = encode_object(probe) == _encode(probe)
+    except Exception:  # noqa: BLE001 # pragma: no cover - as above
+        same = False
+    return encode_object if same else _encode
+
+
+_encode_object = _object_encoder()
 
 Render = Callable[[Mapping[str, Any]], Any]
 Generator = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -119,7 +162,7 @@ def import_generator(spec: str) -> Generator:
 class PayloadBuilder:
     """Builds one device's telemetry messages (JSON bytes)."""
 
-    __slots__ = ("_context", "_generator", "_pad", "_render", "_run")
+    __slots__ = ("_context", "_generator", "_pad", "_render", "_run", "_tail_id", "_tail_run")
 
     def __init__(
         self, spec: PayloadSpec, *, thing: str, group: str, index: int, run_id: str | None = None
@@ -130,6 +173,10 @@ class PayloadBuilder:
         self._render = _compile(spec.template) if spec.template is not None else None
         self._generator = import_generator(spec.generator) if spec.generator else None
         self._pad = spec.pad_to_bytes
+        # The tracking fields' constant text, rendered once: '"device_id":"<thing>","seq":'
+        # and '}' or ',"run":"<run>"}'.
+        self._tail_id = '"device_id":' + _encode_object({"": thing})[4:-1] + ',"seq":'
+        self._tail_run = "}" if run_id is None else ',"run":' + _encode_object({"": run_id})[4:]
 
     def fields(self, telemetry: dict[str, Any]) -> dict[str, Any]:
         """The message body before the tracking fields are added."""
@@ -142,7 +189,22 @@ class PayloadBuilder:
 
     def encode(self, telemetry: dict[str, Any], seq: int, ts_ms: int) -> bytes:
         """The message: fields plus ``device_id``, ``seq`` and ``ts``."""
-        body = self.fields(telemetry)
+        body = (
+            telemetry
+            if self._render is None and self._generator is None
+            else self.fields(telemetry)
+        )
+        if (
+            not self._pad
+            and type(seq) is int
+            and type(ts_ms) is int
+            and body.keys().isdisjoint(RESERVED_FIELDS if self._run is not None else _TRACKING)
+        ):
+            # Fast path: the tracking fields go last, so their text is appended to the
+            # encoded fields (same bytes as encoding the whole dict; ``body`` is untouched).
+            data = _encode_object(body)
+            sep = "," if len(data) > 2 else ""  # noqa: PLR2004 - "{}"
+            return f'{data[:-1]}{sep}{self._tail_id}{seq},"ts":{ts_ms}{self._tail_run}'.encode()
         body["device_id"] = self._context["thing"]
         body["seq"] = seq
         body["ts"] = ts_ms
@@ -162,4 +224,4 @@ def encode_event(
     body = {"event": name, **data, "device_id": thing, "seq": seq, "ts": ts_ms}
     if run_id is not None:
         body["run"] = run_id
-    return _encode(body).encode()
+    return _encode_object(body).encode()

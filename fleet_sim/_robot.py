@@ -83,9 +83,9 @@ class RobotParams(pydantic.BaseModel):
     utc_offset_h: float = pydantic.Field(default=0.0, ge=-14, le=14, description="for the schedule")
 
 
-def _chance(rng_value: float, rate_per_s: float, seconds: float) -> bool:
-    """Poisson arrival within ``seconds`` given a uniform draw."""
-    return rate_per_s > 0 and rng_value < -math.expm1(-rate_per_s * seconds)
+def _chance_of(rate_per_s: float, seconds: float) -> float:
+    """Probability of a Poisson arrival within ``seconds``; -1 (never below a draw) for rate 0."""
+    return -math.expm1(-rate_per_s * seconds) if rate_per_s > 0 else -1.0
 
 
 def parse_schedule(value: Any) -> list[dict[str, Any]]:
@@ -141,6 +141,10 @@ class RobotVacuum(DeviceModel):
         self.low_battery_sent = False
         self.schedule: list[dict[str, Any]] = []
         self.schedule_error: str | None = None
+        self._odds_for = -1.0  # the step length that _odds belong to
+        self._odds = (-1.0, -1.0, -1.0, -1.0)
+        self._reading_key: tuple[Any, ...] | None = None  # inputs of _reading (see telemetry)
+        self._reading: dict[str, Any] = {}
         if rng.random() < p.start_cleaning:
             self.battery = rng.uniform(40, 100)
             self._start("auto", [])
@@ -199,16 +203,37 @@ class RobotVacuum(DeviceModel):
         """Integrate in steps of at most 5 simulated seconds."""
         events: list[ModelEvent] = []
         while self.now < now:
-            step = min(_MAX_STEP_S, now - self.now)
+            step = now - self.now
+            if step > _MAX_STEP_S:  # noqa: PLR1730 - hot path: cheaper than min()
+                step = _MAX_STEP_S
             if self.schedule and self._schedule_due(self.now, self.now + step):
                 self._scheduled_start(events)
             self.now += step
             self._step(step, events)
         return events
 
+    def _set_odds(self, s: float) -> None:
+        """Per-step chances of the Poisson arrivals for steps of ``s`` seconds.
+
+        Steps are nearly always the same length (the telemetry interval, or 5 s), so these
+        are computed once per length rather than once per step; a uniform draw below a chance
+        is an arrival, and a chance of -1 (rate 0) never is.
+        """
+        p = self.p
+        self._odds_for = s
+        self._odds = (
+            _chance_of(p.error_per_hour / 3600, s),
+            _chance_of(p.stuck_per_hour / 3600, s),
+            _chance_of(p.unstuck_per_min / 60, s),
+            _chance_of(p.auto_start_per_hour / 3600, s),
+        )
+
     def _step(self, s: float, events: list[ModelEvent]) -> None:
         p, rng, state = self.p, self.rng, self.state
         minutes = s / 60.0
+        if s != self._odds_for:
+            self._set_odds(s)
+        error_odds, stuck_odds, unstuck_odds, start_odds = self._odds
         if state is RobotState.CLEANING:
             self.battery -= p.battery_drain_per_min * minutes
             self.bin_level = min(_FULL, self.bin_level + p.bin_fill_per_min * minutes)
@@ -241,9 +266,9 @@ class RobotVacuum(DeviceModel):
                     ModelEvent("cleaning_finished", {"cleaning_time_s": round(self.session_s)})
                 )
                 self._return("finished", events)
-            elif _chance(rng.random(), p.error_per_hour / 3600, s):
+            elif rng.random() < error_odds:
                 self._fail(rng.choice(_ERRORS), events)
-            elif _chance(rng.random(), p.stuck_per_hour / 3600, s):
+            elif rng.random() < stuck_odds:
                 self.state = RobotState.STUCK
                 self.stuck_s = 0.0
                 events.append(ModelEvent("stuck", {"x": round(self.x, 1), "y": round(self.y, 1)}))
@@ -264,7 +289,7 @@ class RobotVacuum(DeviceModel):
             self.stuck_s += s
             if self.stuck_s >= p.stuck_timeout_s:
                 self._fail("stuck", events)
-            elif _chance(rng.random(), p.unstuck_per_min / 60, s):
+            elif rng.random() < unstuck_odds:
                 self.state = RobotState.CLEANING
                 events.append(ModelEvent("unstuck", {"after_s": round(self.stuck_s)}))
         elif state in (RobotState.DOCKED, RobotState.CHARGING):
@@ -276,7 +301,7 @@ class RobotVacuum(DeviceModel):
             if self.battery >= _FULL and self.state is RobotState.CHARGING:
                 self.state = RobotState.DOCKED
                 events.append(ModelEvent("charged", {}))
-            if _chance(rng.random(), p.auto_start_per_hour / 3600, s) and self._can_start() is None:
+            if rng.random() < start_odds and self._can_start() is None:
                 self._start("auto", events)
         elif state is RobotState.IDLE:
             self.battery = max(0.0, self.battery - 0.05 * p.battery_drain_per_min * minutes)
@@ -315,6 +340,29 @@ class RobotVacuum(DeviceModel):
 
     def telemetry(self) -> dict[str, Any]:
         """State, battery, position, bin and cleaning time."""
+        state = self.state
+        if state is RobotState.DOCKED or state is RobotState.ERROR:
+            # Nothing changes tick after tick in these states: reuse the last reading when
+            # every input is the same (a new dict each time: callers may change it).
+            key = (
+                state,
+                self.mode,
+                self.battery,
+                self.x,
+                self.y,
+                self.bin_level,
+                self.session_s,
+                self.error,
+            )
+            if key == self._reading_key:
+                return dict(self._reading)
+            reading = self._telemetry()
+            self._reading_key = key
+            self._reading = dict(reading)
+            return reading
+        return self._telemetry()
+
+    def _telemetry(self) -> dict[str, Any]:
         return {
             "state": str(self.state),
             "mode": self.mode,

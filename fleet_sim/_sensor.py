@@ -16,6 +16,7 @@ resets the drift; other commands are rejected.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -29,6 +30,9 @@ _DAY_S = 86400.0
 _MIN_INTERVAL_S = 1.0
 _MAX_INTERVAL_S = 3600.0
 _SPIKES = {"temperature": 25.0, "humidity": 40.0, "co2": 3000.0, "noise": 40.0}
+_SPIKE_NAMES = tuple(sorted(_SPIKES))
+_TWO_PI = 2.0 * math.pi
+_sin, _cos, _log, _sqrt = math.sin, math.cos, math.log, math.sqrt
 
 
 class SensorParams(pydantic.BaseModel):
@@ -73,8 +77,9 @@ class SensorParams(pydantic.BaseModel):
         return value
 
 
-def _chance(draw: float, rate_per_s: float, seconds: float) -> bool:
-    return rate_per_s > 0 and draw < -math.expm1(-rate_per_s * seconds)
+def _chance_of(rate_per_s: float, seconds: float) -> float:
+    """Probability of a Poisson arrival within ``seconds``; -1 (never below a draw) for rate 0."""
+    return -math.expm1(-rate_per_s * seconds) if rate_per_s > 0 else -1.0
 
 
 class EnvironmentSensor(DeviceModel):
@@ -103,71 +108,151 @@ class EnvironmentSensor(DeviceModel):
         self.fault: str | None = None
         self.last: dict[str, Any] | None = None
         self.calibrated_at: float | None = None
+        self._fold_constants()
 
     # -- simulation ------------------------------------------------------------------------
+    #
+    # ``advance`` and ``telemetry`` run once per device per tick, so they are written for
+    # speed: constants are folded in ``__init__`` (keeping the order of every floating-point
+    # operation, so readings are bit-for-bit those of the plain formulas), and the Gaussian
+    # draws inline ``random.Random.gauss`` (Box-Muller, one cached value in ``gauss_next``):
+    # the same numbers from the same generator state as calling ``rng.gauss``.
+
+    def _fold_constants(self) -> None:
+        p = self.p
+        sigma = p.noise_sigma
+        self._temp_base = p.temperature_c + self.temp_offset
+        self._humidity_base = p.humidity_pct + self.humidity_offset
+        self._sd = (0.1 * sigma, 0.5 * sigma, 0.05 * sigma, 12.0 * sigma, 2.0 * sigma)
+        self._utc_offset_s = p.utc_offset_h * 3600
+        self._stuck_rate = p.stuck_per_day / _DAY_S
+        self._dropout_rate = p.dropout_per_day / _DAY_S
+        self._odds_for = -1.0  # the tick length that the odds below belong to
+        self._stuck_odds = -1.0
+        self._dropout_odds = -1.0
+        self._spike_probability = p.spike_probability
+        self._label_faults = p.label_faults
+        # Inline Box-Muller needs the generator to be a plain random.Random.
+        self._inline_gauss = type(self.rng) is random.Random
+
+    def _gauss(self) -> float:
+        """One standard normal draw, exactly as ``rng.gauss(0.0, 1.0)`` would make it."""
+        if not self._inline_gauss:
+            return self.rng.gauss(0.0, 1.0)
+        rng: Any = self.rng  # typeshed does not know Random.gauss_next
+        z: float | None = rng.gauss_next
+        if z is None:
+            x2pi = rng.random() * _TWO_PI
+            g2rad = _sqrt(-2.0 * _log(1.0 - rng.random()))
+            rng.gauss_next = _sin(x2pi) * g2rad
+            return _cos(x2pi) * g2rad
+        rng.gauss_next = None
+        return z
+
+    def _set_odds(self, seconds: float) -> None:
+        """Chances of a stuck fault and of a dropout starting within ``seconds`` (Poisson).
+
+        A uniform draw below the chance means an arrival; a rate of 0 never arrives.
+        """
+        self._odds_for = seconds
+        self._stuck_odds = _chance_of(self._stuck_rate, seconds)
+        self._dropout_odds = _chance_of(self._dropout_rate, seconds)
 
     def advance(self, now: float) -> list[ModelEvent]:
         """Drift, pressure random walk and fault arrivals up to ``now``."""
-        events: list[ModelEvent] = []
-        seconds = max(0.0, now - self.now)
+        seconds = now - self.now
+        if not seconds > 0.0:  # as max(0.0, ...) == 0.0 before: going back, NaN
+            self.now = now
+            return []
         self.now = now
-        if seconds == 0.0:
-            return events
-        p, rng = self.p, self.rng
+        p = self.p
         self.drift += self.drift_rate * seconds
         minutes = seconds / 60.0
         self.pressure += (p.pressure_hpa - self.pressure) * min(1.0, 0.002 * minutes)
-        self.pressure += rng.gauss(0.0, 0.05 * math.sqrt(minutes))
+        if self._inline_gauss:
+            rng: Any = self.rng  # typeshed does not know Random.gauss_next
+            z = rng.gauss_next
+            if z is None:
+                x2pi = rng.random() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - rng.random()))
+                z = _cos(x2pi) * g2rad
+                rng.gauss_next = _sin(x2pi) * g2rad
+            else:
+                rng.gauss_next = None
+        else:
+            z = self._gauss()
+        self.pressure += 0.0 + z * (0.05 * _sqrt(minutes))
         if now >= self.stuck_until and now >= self.dropout_until:
             self.fault = None
-            if _chance(rng.random(), p.stuck_per_day / _DAY_S, seconds):
-                self.stuck_until = now + rng.uniform(*p.stuck_minutes) * 60
+            random = self.rng.random
+            if seconds != self._odds_for:
+                self._set_odds(seconds)
+            if random() < self._stuck_odds:
+                self.stuck_until = now + self.rng.uniform(*p.stuck_minutes) * 60
                 self.fault = "stuck"
-                events.append(ModelEvent("fault", {"kind": "stuck"}))
-            elif _chance(rng.random(), p.dropout_per_day / _DAY_S, seconds):
-                self.dropout_until = now + rng.uniform(*p.dropout_minutes) * 60
+                return [ModelEvent("fault", {"kind": "stuck"})]
+            if random() < self._dropout_odds:
+                self.dropout_until = now + self.rng.uniform(*p.dropout_minutes) * 60
                 self.fault = "dropout"
-        return events
-
-    def _occupancy(self, local_s: float) -> float:
-        day = int(local_s // _DAY_S)
-        weekday = (day + 3) % 7  # 1970-01-01 was a Thursday
-        hour = (local_s % _DAY_S) / 3600.0
-        if not 8.0 < hour < 19.0:  # noqa: PLR2004
-            return 0.0
-        bump = math.sin(math.pi * (hour - 8.0) / 11.0)
-        return bump * (0.15 if weekday >= 5 else 1.0)  # noqa: PLR2004
+        return []
 
     def _read(self) -> dict[str, Any]:
-        p, rng, sigma = self.p, self.rng, self.p.noise_sigma
-        local = self.now + p.utc_offset_h * 3600
-        phase = math.sin(2 * math.pi * ((local % _DAY_S) / 3600.0 - 9.0) / 24.0)
-        occ = self._occupancy(local)
+        p = self.p
+        local = self.now + self._utc_offset_s
+        hour = (local % _DAY_S) / 3600.0
+        phase = _sin(_TWO_PI * (hour - 9.0) / 24.0)
+        # Office occupancy: a sine bump from 08:00 to 19:00, 15 % of it at weekends.
+        if 8.0 < hour < 19.0:  # noqa: PLR2004
+            occ = _sin(math.pi * (hour - 8.0) / 11.0)
+            if (int(local // _DAY_S) + 3) % 7 >= 5:  # noqa: PLR2004 - 1970-01-01 was a Thursday
+                occ *= 0.15
+        else:
+            occ = 0.0
+        # Five normal draws, in the order of the plain formulas (see the note above).
+        if self._inline_gauss:
+            rng: Any = self.rng  # typeshed does not know Random.gauss_next
+            random = rng.random
+            z = rng.gauss_next
+            if z is None:
+                x2pi = random() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - random()))
+                n1, n2 = _cos(x2pi) * g2rad, _sin(x2pi) * g2rad
+                x2pi = random() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - random()))
+                n3, n4 = _cos(x2pi) * g2rad, _sin(x2pi) * g2rad
+                x2pi = random() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - random()))
+                n5 = _cos(x2pi) * g2rad
+                rng.gauss_next = _sin(x2pi) * g2rad
+            else:
+                n1 = z
+                x2pi = random() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - random()))
+                n2, n3 = _cos(x2pi) * g2rad, _sin(x2pi) * g2rad
+                x2pi = random() * _TWO_PI
+                g2rad = _sqrt(-2.0 * _log(1.0 - random()))
+                n4, n5 = _cos(x2pi) * g2rad, _sin(x2pi) * g2rad
+                rng.gauss_next = None
+        else:
+            gauss = self._gauss
+            n1, n2, n3, n4, n5 = gauss(), gauss(), gauss(), gauss(), gauss()
+        sd_t, sd_h, sd_p, sd_c, sd_n = self._sd
+        humidity = self._humidity_base - p.humidity_daily_amplitude * phase + (0.0 + n2 * sd_h)
         return {
             "temperature": round(
-                p.temperature_c
-                + self.temp_offset
+                self._temp_base
                 + p.temperature_daily_amplitude * phase
                 + self.drift
-                + rng.gauss(0.0, 0.1 * sigma),
+                + (0.0 + n1 * sd_t),
                 2,
             ),
             "humidity": round(
-                min(
-                    100.0,
-                    max(
-                        0.0,
-                        p.humidity_pct
-                        + self.humidity_offset
-                        - p.humidity_daily_amplitude * phase
-                        + rng.gauss(0.0, 0.5 * sigma),
-                    ),
-                ),
+                100.0 if humidity > 100.0 else (humidity if humidity > 0.0 else 0.0),  # noqa: PLR2004, FURB136
                 1,
             ),
-            "pressure": round(self.pressure + rng.gauss(0.0, 0.05 * sigma), 2),
-            "co2": round(p.co2_ppm + p.co2_occupied_ppm * occ + rng.gauss(0.0, 12.0 * sigma)),
-            "noise": round(p.noise_db + p.noise_occupied_db * occ + rng.gauss(0.0, 2.0 * sigma), 1),
+            "pressure": round(self.pressure + (0.0 + n3 * sd_p), 2),
+            "co2": round(p.co2_ppm + p.co2_occupied_ppm * occ + (0.0 + n4 * sd_c)),
+            "noise": round(p.noise_db + p.noise_occupied_db * occ + (0.0 + n5 * sd_n), 1),
         }
 
     def telemetry(self) -> dict[str, Any] | None:
@@ -181,12 +266,12 @@ class EnvironmentSensor(DeviceModel):
         else:
             reading = self._read()
             self.last = reading
-            if self.rng.random() < self.p.spike_probability:
-                name = self.rng.choice(sorted(_SPIKES))
+            if self.rng.random() < self._spike_probability:
+                name = self.rng.choice(_SPIKE_NAMES)
                 reading = dict(reading)
                 reading[name] = round(reading[name] + self.rng.choice((-1, 1)) * _SPIKES[name], 2)
                 fault = "spike"
-        if self.p.label_faults:
+        if self._label_faults:
             reading["fault"] = fault
         return reading
 
