@@ -13,7 +13,7 @@ import struct
 from bisect import bisect_left
 from typing import Any, ClassVar, Self
 
-__all__ = ["ClientMetrics", "LatencyHistogram", "record_into"]
+__all__ = ["ClientMetrics", "LatencyHistogram"]
 
 _MIN_S = 1e-4
 _PER_OCTAVE = 4
@@ -114,6 +114,16 @@ class LatencyHistogram:
         self.min = min(self.min, other.min)
         self.max = max(self.max, other.max)
 
+    def clear(self) -> None:
+        """Forget every observation, in place (holders of a reference keep recording)."""
+        counts = self._counts
+        for i in range(len(counts)):
+            counts[i] = 0
+        self.count = 0
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
     @classmethod
     def merged(cls, histograms: list[LatencyHistogram]) -> Self:
         """A new histogram holding the observations of all ``histograms``."""
@@ -185,27 +195,6 @@ class LatencyHistogram:
             if self.count
             else "LatencyHistogram(count=0)"
         )
-
-
-def record_into(seconds: float, first: LatencyHistogram, second: LatencyHistogram) -> None:
-    """Record one observation in two histograms, finding its bucket once.
-
-    The same as ``first.record(seconds); second.record(seconds)``, for hot paths that keep
-    an overall and a per-interval histogram.
-    """
-    if seconds < 0.0:  # noqa: PLR1730 - hot path: cheaper than calling min/max
-        seconds = 0.0
-    i = bisect_left(_THRESHOLDS, seconds)
-    if not 0 < i < _LAST:
-        i = _log_bucket(seconds)
-    for h in (first, second):
-        h._counts[i] += 1  # noqa: SLF001 - same module
-        h.count += 1
-        h.sum += seconds
-        if seconds < h.min:  # noqa: PLR1730 - hot path: cheaper than calling min/max
-            h.min = seconds
-        if seconds > h.max:  # noqa: PLR1730 - hot path: cheaper than calling min/max
-            h.max = seconds
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

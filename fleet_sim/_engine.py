@@ -116,6 +116,7 @@ async def _build_devices(
             outbox=box,
             options=options,
             logger=_device_log,
+            metrics=metrics.client_metrics,  # PUBACK latency without a callback per message
         )
         payload = PayloadBuilder(
             group.payload, thing=spec.name, group=group.name, index=spec.index, run_id=cfg.run_id

@@ -13,8 +13,7 @@ import collections
 import time
 from typing import Any
 
-from device_sdk import LatencyHistogram
-from device_sdk._metrics import record_into
+from device_sdk import ClientMetrics, LatencyHistogram
 from fleet_sim._proc import cpu_seconds, rss_bytes
 
 __all__ = ["HISTOGRAMS", "RunMetrics", "merge_snapshots", "series_histogram"]
@@ -30,6 +29,13 @@ HISTOGRAMS = (
 """Histogram names: connect (TCP+TLS+CONNACK), puback (publish to PUBACK), shadow_rtt
 (update to accepted/rejected), command_handling (request received to response sent, on the
 device), command_rtt (operator: request to response), delivery (sink: ``ts`` to arrival)."""
+
+_CLIENT_COUNTS = (
+    ("acked", "counters", "acked"),
+    ("nacked", "errors", "nack:outbox"),
+    ("ack_timeouts", "errors", "publish:ack_timeout"),
+)
+"""DeviceClient counters folded into the run's: (client name, where, run name)."""
 
 _SERIES_KEYS = ("connected", "sent", "acked", "errors", "connect_failures", "received")
 
@@ -62,7 +68,13 @@ class RunMetrics:
         self.last_connect: float | None = None
         self.all_connected_at: float | None = None
         self.series: list[dict[str, Any]] = []
-        self._interval_puback = LatencyHistogram()
+        # The devices' clients record their telemetry PUBACKs straight into this shared
+        # ClientMetrics (DeviceClient(metrics=...)): no per-message callback here. Its
+        # puback histogram is the current one-second interval; sample() folds it into
+        # histograms["puback"] and clears it in place.
+        self.client_metrics = ClientMetrics({}, LatencyHistogram(), LatencyHistogram())
+        self._interval_puback = self.client_metrics.puback_latency
+        self._client_seen: dict[str, int] = {}
         self._last_totals = dict.fromkeys(_SERIES_KEYS, 0)
         self._cpu0 = cpu_seconds()
         self._last_cpu = self._cpu0
@@ -98,10 +110,30 @@ class RunMetrics:
             self.errors[f"disconnect:{reason}"] += 1
 
     def acked(self, seconds: float) -> None:
-        """A QoS 1 publish was acknowledged ``seconds`` after it was handed to the transport."""
+        """A QoS 1 publish was acknowledged ``seconds`` after it was handed to the transport.
+
+        For publishes that bypass the clients' outbox (awaited on a non-pipelined transport);
+        the outbox's PUBACKs arrive through :attr:`client_metrics`.
+        """
         self.counters["acked"] += 1
-        # Both histograms get the same observation: find its bucket once.
-        record_into(seconds, self.histograms["puback"], self._interval_puback)
+        self._interval_puback.record(seconds)
+
+    def _sync_clients(self) -> None:
+        """Fold the clients' counts in: acked messages, refused ones and ack timeouts."""
+        counts = self.client_metrics.counters
+        seen = self._client_seen
+        for name, into, key in _CLIENT_COUNTS:
+            value = counts.get(name, 0)
+            delta = value - seen.get(name, 0)
+            if delta:
+                seen[name] = value
+                (self.counters if into == "counters" else self.errors)[key] += delta
+
+    def puback_histogram(self) -> LatencyHistogram:
+        """Publish-to-PUBACK latency of the whole run so far (a copy)."""
+        total = self.histograms["puback"].copy()
+        total.merge(self._interval_puback)
+        return total
 
     def error(self, kind: str) -> None:
         """Count an error of ``kind``."""
@@ -116,6 +148,7 @@ class RunMetrics:
 
     def sample(self) -> dict[str, Any]:
         """Close the current one-second interval and append it to :attr:`series`."""
+        self._sync_clients()
         now = time.time()
         cpu = cpu_seconds()
         rss = rss_bytes()
@@ -133,15 +166,20 @@ class RunMetrics:
             point[key] = totals[key] - self._last_totals[key]
         point["cpu"] = round(cpu - self._last_cpu, 4)
         point["rss"] = rss
-        point["puback"] = self._interval_puback.to_dict() if self._interval_puback.count else None
+        interval = self._interval_puback
+        point["puback"] = interval.to_dict() if interval.count else None
+        self.histograms["puback"].merge(interval)
+        interval.clear()
         self._last_totals = totals
         self._last_cpu = cpu
-        self._interval_puback = LatencyHistogram()
         self.series.append(point)
         return point
 
     def snapshot(self) -> dict[str, Any]:
         """Everything measured so far, JSON-ready (see :func:`merge_snapshots`)."""
+        self._sync_clients()
+        histograms = {k: h.to_dict() for k, h in self.histograms.items()}
+        histograms["puback"] = self.puback_histogram().to_dict()
         return {
             "devices": self.devices,
             "connected": self.connected,
@@ -149,7 +187,7 @@ class RunMetrics:
             "connect_failures": dict(self.connect_failures),
             "errors": dict(self.errors),
             "commands": dict(self.commands),
-            "histograms": {k: h.to_dict() for k, h in self.histograms.items()},
+            "histograms": histograms,
             "first_connect": self.first_connect,
             "last_connect": self.last_connect,
             "all_connected_at": self.all_connected_at,

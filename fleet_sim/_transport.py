@@ -1,10 +1,11 @@
 """A :class:`~device_sdk.Transport` wrapper that measures what the real transport does.
 
-The simulator hands each :class:`~device_sdk.DeviceClient` its real transport (CRT or paho)
-wrapped in :class:`MeasuredTransport`. Every connection attempt (the first and the client's
-own reconnects), every PUBACK and every error then lands in the shard's
-:class:`~fleet_sim._metrics.RunMetrics` directly, without reading thousands of per-client
-metric copies.
+The simulator hands each :class:`~device_sdk.DeviceClient` its real transport (native, CRT
+or paho) wrapped in :class:`MeasuredTransport`. Every connection attempt (the first and the
+client's own reconnects), every PUBACK of a message outside the outbox (shadow, commands)
+and every error then lands in the shard's :class:`~fleet_sim._metrics.RunMetrics` directly.
+The outbox's telemetry PUBACKs are measured by the clients themselves, which record into the
+shard's shared ``RunMetrics.client_metrics`` (``DeviceClient(metrics=...)``).
 """
 
 from __future__ import annotations
@@ -189,10 +190,15 @@ class MeasuredPipelinedTransport(MeasuredTransport):
         *,
         user_properties: tuple[tuple[str, str], ...] = (),
     ) -> asyncio.Future[None]:
-        """Queue a PUBLISH on the inner transport; its outcome is recorded when it settles."""
+        """Queue a PUBLISH on the inner transport.
+
+        Device data (the outbox's messages) is measured by the client itself, which records
+        into the shard's shared :attr:`RunMetrics.client_metrics`: no callback per message
+        here. Other QoS 1 publishes have their outcome recorded when they settle.
+        """
         fut = self._pipelined.start_publish(topic, payload, qos, user_properties=user_properties)
-        if qos:
-            fut.add_done_callback(functools.partial(self._settled, _is_data(topic), _perf()))
+        if qos and not _is_data(topic):
+            fut.add_done_callback(functools.partial(self._settled, False, _perf()))  # noqa: FBT003
         return fut
 
     def _settled(self, data: bool, started: float, fut: asyncio.Future[None]) -> None:

@@ -172,3 +172,29 @@ def test_live_aggregator_merges_shards() -> None:
     assert state.cpu_pct == pytest.approx(40.0)
     assert state.p50_s is not None
     assert state.p50_s < 0.003
+
+
+def test_client_metrics_fold_into_the_run() -> None:
+    """DeviceClients record outbox PUBACKs into the shared ClientMetrics; the run sees them."""
+    m = RunMetrics(3, 1000.0)
+    shared = m.client_metrics
+    for lat in (0.002, 0.003, 0.004):
+        shared.counters["acked"] = shared.counters.get("acked", 0) + 1
+        shared.puback_latency.record(lat)
+    m.acked(0.010)  # an awaited publish outside the outbox
+    shared.counters["nacked"] = 1
+    first = m.sample()
+    assert first["acked"] == 4
+    assert first["puback"]["count"] == 4
+    assert shared.puback_latency.count == 0  # the interval is cleared in place
+    shared.counters["acked"] += 2
+    shared.puback_latency.record(0.005)
+    shared.puback_latency.record(0.006)
+    snap = m.snapshot()  # includes the interval not sampled yet
+    assert snap["counters"]["acked"] == 6
+    assert snap["histograms"]["puback"]["count"] == 6
+    assert snap["errors"] == {"nack:outbox": 1}
+    second = m.sample()
+    assert second["acked"] == 2
+    assert second["puback"]["count"] == 2
+    assert m.snapshot()["histograms"]["puback"]["count"] == 6
