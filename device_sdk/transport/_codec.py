@@ -262,6 +262,9 @@ def decode_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, i
     raise MalformedPacketError("variable byte integer longer than four bytes")
 
 
+_USER_HEAD = struct.Struct(">BH")
+
+
 def _string(value: str) -> bytes:
     raw = value.encode()
     if len(raw) > MAX_PACKET_ID:
@@ -313,8 +316,19 @@ def encode_properties(
     Raises:
         ValueError: Unknown identifier or a value of the wrong type.
     """
-    if not values and not user:
-        return b"\x00"
+    if not values:
+        if not user:
+            return b"\x00"
+        # The hot path (a PUBLISH with its msg-id user property): one join, no bytearray.
+        parts = []
+        for name, text in user:
+            k, v = name.encode(), text.encode()
+            if len(k) > MAX_PACKET_ID or len(v) > MAX_PACKET_ID:
+                raise ValueError("MQTT strings are limited to 65535 bytes")
+            parts.append(_USER_HEAD.pack(PROP_USER, len(k)) + k + _H.pack(len(v)) + v)
+        body = b"".join(parts)
+        size = len(body)
+        return (bytes((size,)) if size < 0x80 else encode_varint(size)) + body  # noqa: PLR2004
     out = bytearray()
     for ident, value in values:
         kind = _PROPERTY_TYPES.get(ident)
