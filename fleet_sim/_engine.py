@@ -258,11 +258,13 @@ async def _run_devices(
                 waiter.cancel()
             env.stopping = True
             env.scheduler.stop()
+            # The live view's last state is the run as it ended, not a sample taken halfway
+            # through the drain (run_shard's final sample covers the drain in the report).
+            sampler.cancel()
             for dev, task in zip(devices, tasks, strict=True):
                 if dev.phase in ("waiting", "connecting"):
                     task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         ticker.cancel()
-        sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
