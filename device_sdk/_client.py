@@ -28,6 +28,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any, Literal, Self, cast, overload
 
+from device_sdk._aio import LazyEvent
 from device_sdk._backoff import ReconnectPolicy
 from device_sdk._clock import Clock, SystemClock
 from device_sdk._exceptions import (
@@ -188,8 +189,8 @@ class DeviceClient:
         self._stop_fut: asyncio.Future[None] | None = None
         self._will_on_stop = False
         self._first_attempt: asyncio.Future[None] | None = None
-        self._connected = asyncio.Event()
-        self._state_changed = asyncio.Event()
+        self._connected = LazyEvent()
+        self._state_changed = LazyEvent()
         self._generation = 0
         self._resubscribed = False
         self._subs: dict[str, list[Subscription]] = {}
@@ -251,7 +252,7 @@ class DeviceClient:
 
     def _notify_change(self) -> None:
         self._state_changed.set()
-        self._state_changed = asyncio.Event()
+        self._state_changed = LazyEvent()
 
     @property
     def connection_generation(self) -> int:

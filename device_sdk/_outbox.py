@@ -44,6 +44,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Literal, Self
 
+from device_sdk._aio import LazyEvent
 from device_sdk._clock import Clock, SystemClock
 from device_sdk._exceptions import ClosedError, OutboxFullError
 from device_sdk._outbox_store import (
@@ -215,15 +216,15 @@ class Outbox:
         self._uncommitted: dict[int, OutboxRecord] = {}
         self._sent_before: set[int] = {r.id for r in self._unsent}
         self._ack_waiters: dict[int, asyncio.Future[None]] = {}
-        self._available = asyncio.Event()
+        self._available = LazyEvent()
         self._listener: Callable[[], None] | None = None
         self._pending_inserts: list[tuple[OutboxRecord, asyncio.Future[None] | None]] = []
         self._pending_deletes: list[int] = []
         self._flush_scheduled = False  # registered with the database's batched flush
         self._jobs_outstanding = 0
-        self._idle = asyncio.Event()
+        self._idle = LazyEvent()
         self._idle.set()
-        self._empty = asyncio.Event()
+        self._empty = LazyEvent()
         self._size = sum(len(r.payload) for r in self._unsent)
         self._counts = dict.fromkeys(
             ("enqueued", "sent", "acked", "failed", "dropped", "replayed"), 0

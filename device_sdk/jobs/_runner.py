@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from device_sdk._aio import LazyEvent
 from device_sdk._backoff import ReconnectPolicy
 from device_sdk._client import ClientState
 from device_sdk._exceptions import (
@@ -157,7 +158,7 @@ class JobRunner:
         self._log = logger or logging.getLogger(__name__)
         self._name = f"device_sdk[{device.thing_name}].jobs_runner"
         self._outcomes: Fanout[JobOutcome] = Fanout()
-        self._wake = asyncio.Event()
+        self._wake = LazyEvent()
         self._current: JobContext | None = None
         self._running = False
 

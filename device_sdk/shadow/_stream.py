@@ -11,7 +11,6 @@ copied to every open stream, each with a bounded buffer that drops its oldest it
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
@@ -20,6 +19,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
 import pydantic
+
+from device_sdk._aio import LazyEvent
 
 if TYPE_CHECKING:
     from device_sdk._client import DeviceClient
@@ -172,7 +173,7 @@ class BufferedStream(Generic[T]):
         self._source = source
         self._items: collections.deque[T] = collections.deque()
         self._max = max_buffer
-        self._ready = asyncio.Event()
+        self._ready = LazyEvent()
         self._closed = False
         self.dropped = 0
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, overload
 
 import pydantic
 
+from device_sdk._aio import LazyEvent
 from device_sdk._backoff import ReconnectPolicy
 from device_sdk._client import ClientState
 from device_sdk._exceptions import (
@@ -229,8 +230,8 @@ class ShadowSync(Generic[M]):
         self._resync_requested = False
         self._resynced_generation = -1
         self._conflict_streak = 0
-        self._wake = asyncio.Event()
-        self._synced = asyncio.Event()
+        self._wake = LazyEvent()
+        self._synced = LazyEvent()
         self._save_lock = asyncio.Lock()
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: asyncio.TaskGroup | None = None

@@ -35,6 +35,7 @@ from awscrt import io as crt_io
 from awscrt import mqtt5
 from awsiot import mqtt5_client_builder
 
+from device_sdk._aio import LazyEvent
 from device_sdk._exceptions import (
     AuthorizationError,
     ClosedError,
@@ -182,8 +183,8 @@ class CrtTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt5.Client | None = None
         self._lock = asyncio.Lock()
-        self._connected = asyncio.Event()
-        self._stopped = asyncio.Event()
+        self._connected = LazyEvent()
+        self._stopped = LazyEvent()
         self._stopped.set()
         self._connect_fut: asyncio.Future[None] | None = None
         self._down: asyncio.Future[DeviceSdkError | None] | None = None

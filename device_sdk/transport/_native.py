@@ -46,6 +46,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self
 
+from device_sdk._aio import LazyEvent
 from device_sdk._exceptions import (
     AuthorizationError,
     ClosedError,
@@ -309,7 +310,7 @@ class NativeTransport:
         self._ctx: ssl.SSLContext | None = None  # PEM identities: a context of their own
         self._shared: _SharedContext | None = None  # file identities: shared trust context
         self._lock = asyncio.Lock()
-        self._connected = asyncio.Event()
+        self._connected = LazyEvent()
         self._down: asyncio.Future[DeviceSdkError | None] | None = None
         self._last_cause: DeviceSdkError | None = None
         self._buffer = MessageBuffer(self._options.receive_buffer)

@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from device_sdk._aio import LazyEvent
 from device_sdk._exceptions import (
     AuthorizationError,
     ClosedError,
@@ -185,7 +186,7 @@ class PahoTransport:
         self._ssl_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
         self._client: _AiomqttClient | None = None
-        self._connected = asyncio.Event()
+        self._connected = LazyEvent()
         self._down: asyncio.Future[DeviceSdkError | None] | None = None
         self._last_cause: DeviceSdkError | None = None
         # QoS 1 packet id -> (future, topic), until the PUBACK or the end of the connection
